@@ -1,0 +1,1 @@
+"""spikeear transports: the command line, the HTTP/WebSocket service and the demos."""

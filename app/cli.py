@@ -1,0 +1,287 @@
+"""The ``spikeear`` command: one entry point for every job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from audio_frontend.audio_io import AudioError
+from models.model_file import ModelFileError
+from models.network import KINDS
+from training.data import DataError
+
+
+class CliError(Exception):
+    """A problem to report to the user in one line, with a non-zero exit."""
+
+
+def _cochlea_from_args(args: argparse.Namespace):
+    from audio_frontend.cochlea import Cochlea, CochleaConfig
+
+    try:
+        return Cochlea(CochleaConfig(channels=args.channels))
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from audio_frontend.audio_io import load_audio
+    from audio_frontend.events import SpikeEvents
+    from audio_frontend.spike_files import write_spike_file
+
+    if args.chunk_ms is not None and args.chunk_ms <= 0:
+        raise CliError("--chunk-ms must be positive")
+    cochlea = _cochlea_from_args(args)
+    audio, rate = load_audio(args.input)
+    state = cochlea.new_state(rate)
+    step = len(audio) if args.chunk_ms is None else max(1, int(rate * args.chunk_ms / 1000))
+    parts = [
+        cochlea.process(audio[i : i + step], state, final=i + step >= len(audio))
+        for i in range(0, len(audio), step)
+    ]
+    events = SpikeEvents.concatenate(parts, cochlea.config.channels)
+    write_spike_file(
+        args.out,
+        [events],
+        [0],
+        attributes={"frontend": cochlea.config.to_dict(), "source": Path(args.input).name},
+        names=[Path(args.input).name],
+    )
+    duration = len(audio) / rate
+    rate_hz = len(events) / duration
+    print(
+        f"{args.out}: {len(events)} spikes in {duration:.2f} s ({rate_hz:.0f} spikes/s, "
+        f"{int(np.unique(events.channels).size)} active channels)"
+    )
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from audio_frontend.audio_io import load_audio
+    from audio_frontend.plot import plot_recording
+
+    cochlea = _cochlea_from_args(args)
+    audio, rate = load_audio(args.input)
+    events = plot_recording(audio, rate, cochlea, args.out, title=Path(args.input).name)
+    print(f"{args.out}: {len(events)} spikes plotted")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.train import TrainConfig, train
+
+    if args.epochs < 1:
+        raise CliError("--epochs must be at least 1")
+    config = TrainConfig(
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        resume=args.resume,
+        kind=args.kind,
+        hidden=tuple(args.hidden),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        variants=args.variants,
+        cache_dir=args.cache_dir,
+        max_clips=args.max_clips,
+    )
+    bundle = train(config)
+    print(
+        f"{args.out}: {bundle.network.parameter_count()} parameters, "
+        f"{len(bundle.vocabulary)} classes"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.server import create_app
+    from app.settings import Settings
+
+    settings = Settings(model_path=args.model, max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+    app = create_app(settings)
+    print(
+        f"spikeear: serving on http://{args.host}:{args.port} (demo page at /, API docs at /docs)"
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        ws_max_size=settings.max_message_bytes,
+        log_level=args.log_level,
+    )
+
+
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    import json
+    import time
+
+    from app.service import transcript_json
+    from audio_frontend.audio_io import audio_blocks
+    from audio_frontend.spike_files import read_spike_file
+    from models.model_file import load_model
+    from models.recognizer import Recognizer, StreamOptions
+
+    recognizer = Recognizer(load_model(args.model))
+    failures = 0
+    for path in args.files:
+        started = time.perf_counter()
+        try:
+            if path.endswith((".h5", ".hdf5")):
+                samples, _, _ = read_spike_file(path)
+                transcripts = [recognizer.transcribe_spikes(events) for events in samples]
+            else:
+                rate, _, blocks = audio_blocks(path)
+                transcripts = [recognizer.transcribe(blocks, rate, StreamOptions(sample_rate=rate))]
+        except (AudioError, ValueError) as error:
+            failures += 1
+            print(f"spikeear transcribe: error: {error}", file=sys.stderr)
+            continue
+        elapsed = time.perf_counter() - started
+        for transcript in transcripts:
+            result = transcript_json(transcript, elapsed / len(transcripts))
+            if args.json:
+                print(json.dumps({"file": path, **result}), flush=True)
+            else:
+                words = ", ".join(
+                    f"{w['word']} ({w['start']:.2f}-{w['end']:.2f} s, {w['confidence']:.2f})"
+                    for w in result["words"]
+                )
+                print(
+                    f"{path}: {result['text'] or '(no words)'}" + (f"  [{words}]" if words else "")
+                )
+    if failures:
+        raise CliError(f"{failures} of {len(args.files)} files could not be transcribed")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from models.model_file import load_model
+    from training.evaluate import evaluate
+
+    bundle = load_model(args.model)
+    results = evaluate(bundle, args.data, Path(args.out_dir), args.split, args.cache_dir)
+    if args.json:
+        print(json.dumps(results))
+        return
+    native = results["native"]
+    print(f"clips: {native['clips']} ({args.split} split)")
+    print(
+        f"accuracy: {native['accuracy']:.3f}   "
+        f"in-vocabulary: {native['in_vocabulary_accuracy']:.3f}"
+        f"   unknown: {native['unknown_accuracy']}   silence: {native['silence_accuracy']}"
+    )
+    for source, figures in native["per_source_in_vocabulary"].items():
+        print(f"  {source}: {figures['accuracy']:.3f} on {figures['clips']} words")
+    if "band_limited_8k" in results:
+        print(
+            f"16 kHz clips band-limited to 8 kHz: in-vocabulary "
+            f"{results['band_limited_8k']['in_vocabulary_accuracy']:.3f}"
+        )
+    early = native["early_decision"]
+    print(
+        f"early decision: median {early['median_fraction_of_word']:.2f} of the word "
+        f"({early['median_ms_after_onset']:.0f} ms after onset)"
+    )
+    clip = native["per_clip"]
+    print(
+        f"per clip: {clip['input_spikes']:.0f} input spikes, {clip['hidden_spikes']:.0f} hidden "
+        f"spikes, {clip['synaptic_ops']:.3g} synaptic ops ({clip['energy_uj_snn']:.2f} uJ) vs "
+        f"{clip['dense_macs']:.3g} dense MACs ({clip['energy_uj_dense']:.2f} uJ)"
+    )
+    print(f"plots: {args.out_dir}/confusion.png, {args.out_dir}/accuracy_vs_time.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikeear",
+        description="Speech command recognition with a spiking neural network.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("encode", cmd_encode, "Convert audio to cochlear spike events (SHD-layout HDF5).")
+    p.add_argument("input", help="audio file")
+    p.add_argument("--out", required=True, help="output .h5 file")
+    p.add_argument("--channels", type=int, default=64, help="cochlear channels (1-700)")
+    p.add_argument("--chunk-ms", type=float, help="feed the audio in chunks of this size")
+
+    p = command("plot", cmd_plot, "Plot waveform, cochleagram and spike raster to a PNG.")
+    p.add_argument("input", help="audio file")
+    p.add_argument("--out", required=True, help="output .png file")
+    p.add_argument("--channels", type=int, default=64, help="cochlear channels (1-700)")
+
+    p = command("serve", cmd_serve, "Run the recognition service (WebSocket, HTTP, demo page).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--max-upload-mb", type=int, default=50, help="batch upload size limit")
+    p.add_argument("--log-level", default="info")
+
+    p = command("transcribe", cmd_transcribe, "Transcribe audio files (or SHD spike files).")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file per line")
+
+    p = command("evaluate", cmd_evaluate, "Evaluate a model on speakers it never heard.")
+    p.add_argument("--data", action="append", required=True, metavar="DIR")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument(
+        "--split",
+        choices=["validation", "all"],
+        default="validation",
+        help="validation: the held-out speakers of a training split; all: every clip",
+    )
+    p.add_argument("--out-dir", default="evaluation", help="where PNGs and evaluation.json go")
+    p.add_argument("--cache-dir", default="cache")
+    p.add_argument("--json", action="store_true")
+
+    p = command("train", cmd_train, "Train a classifier on folders of labelled clips.")
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="Speech Commands or FSDD layout folder (repeat to mix sources)",
+    )
+    p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from MODEL's checkpoint")
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="spiking",
+        help="hidden neurons: spiking (adLIF), analog or binary baselines",
+    )
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="layer sizes")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
+    p.add_argument("--cache-dir", default="cache", help="where spike features are cached")
+    p.add_argument("--max-clips", type=int, help="use a random subset (smoke tests)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (CliError, AudioError, ModelFileError, DataError, OSError, ValueError) as error:
+        print(f"spikeear {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

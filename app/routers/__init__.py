@@ -1,0 +1,1 @@
+"""One router per concern: streaming, Vosk compatibility, batch, operations."""

@@ -1,0 +1,54 @@
+"""Health, model information, metrics and the demo page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter()
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    services = request.app.state.services
+    return {
+        "status": "ok",
+        "model": services.bundle.card.get("name", "spikeear"),
+        "active_streams": len(services.scheduler.sessions),
+    }
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    bundle = request.app.state.services.bundle
+    card = bundle.card
+    return {
+        "models": [
+            {
+                "name": card.get("name", "spikeear"),
+                "vocabulary": list(bundle.vocabulary),
+                "sample_rate": bundle.frontend.sample_rate,
+                "input_channels": bundle.frontend.channels,
+                "bin_ms": bundle.bin_ms,
+                "network": bundle.network.config.to_dict(),
+                "parameters": bundle.network.parameter_count(),
+                "evaluation": card.get("evaluation", {}),
+                "card": card,
+            }
+        ]
+    }
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    registry = request.app.state.services.metrics.registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def demo_page() -> FileResponse:
+    return FileResponse(STATIC / "index.html")

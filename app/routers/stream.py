@@ -1,0 +1,178 @@
+"""``/v1/stream``: audio (or spike events) in, partial and final words out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from app.routers.common import (
+    CLOSE_INVALID,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED,
+    ProtocolError,
+    close_with_error,
+    decode_spike_records,
+    parse_json,
+)
+from app.scheduler import Session
+from app.schemas import StreamConfig
+from audio_frontend.audio_io import AudioError, decode_pcm
+from models.recognizer import StreamOptions
+
+router = APIRouter()
+
+
+def stream_options(
+    config: StreamConfig, vocabulary: tuple[str, ...], n_channels: int
+) -> StreamOptions:
+    if config.vocabulary is not None:
+        missing = sorted(set(config.vocabulary) - set(vocabulary))
+        if missing:
+            raise ProtocolError(CLOSE_INVALID, f"words not in the model: {', '.join(missing)}")
+    if config.input == "spikes" and config.channels is not None and config.channels > n_channels:
+        raise ProtocolError(
+            CLOSE_INVALID, f"channels {config.channels} exceeds the model's {n_channels} inputs"
+        )
+    try:
+        return StreamOptions(
+            sample_rate=config.sample_rate,
+            input=config.input,
+            vocabulary=tuple(config.vocabulary) if config.vocabulary is not None else None,
+            emit_unknown=config.unknown,
+        )
+    except AudioError as error:
+        raise ProtocolError(CLOSE_INVALID, str(error)) from None
+
+
+def read_config(message: dict, vocabulary: tuple[str, ...], n_channels: int) -> StreamConfig:
+    try:
+        config = StreamConfig.model_validate(message["config"])
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        if first["type"] == "extra_forbidden":
+            raise ProtocolError(CLOSE_INVALID, f"unknown config key '{where}'") from None
+        raise ProtocolError(
+            CLOSE_INVALID, f"bad config value for '{where}': {first['msg']}"
+        ) from None
+    stream_options(config, vocabulary, n_channels)  # validate early
+    return config
+
+
+async def send_events(websocket: WebSocket, session: Session, partials: bool) -> None:
+    while True:
+        event = await session.events.get()
+        if event is None:
+            return
+        if event.kind == "partial":
+            if partials:
+                await websocket.send_json(
+                    {
+                        "type": "partial",
+                        "word": event.word,
+                        "confidence": round(event.confidence, 4),
+                        "time": round(event.time, 3),
+                    }
+                )
+        else:
+            await websocket.send_json(
+                {
+                    "type": "final",
+                    "word": event.word,
+                    "start": round(event.start, 3),
+                    "end": round(event.end, 3),
+                    "confidence": round(event.confidence, 4),
+                }
+            )
+
+
+@router.websocket("/v1/stream")
+async def stream_endpoint(websocket: WebSocket) -> None:
+    services = websocket.app.state.services
+    recognizer = services.scheduler.recognizer
+    settings = services.settings
+    await websocket.accept()
+    config = StreamConfig()
+    session: Session | None = None
+    sender: asyncio.Task | None = None
+    pending_limit = int(settings.max_pending_seconds / recognizer.bin_s)
+    services.metrics.active_streams.labels("v1").inc()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                control = parse_json(message["text"])
+                if "config" in control:
+                    if session is not None:
+                        raise ProtocolError(CLOSE_POLICY, "config must come before any audio")
+                    config = read_config(control, recognizer.vocabulary, recognizer.n_channels)
+                    continue
+                if "eof" in control:
+                    if session is None:
+                        session, sender = _open(services, websocket, config)
+                    await _feed(session, config, b"", final=True)
+                    await session.processed()
+                    session.events.put_nowait(None)
+                    await sender
+                    await websocket.send_json({"type": "eof"})
+                    await websocket.close(CLOSE_NORMAL)
+                    return
+                raise ProtocolError(
+                    CLOSE_UNSUPPORTED, "expected binary audio or a JSON config/eof message"
+                )
+            data = message.get("bytes") or b""
+            if len(data) > settings.max_message_bytes:
+                raise ProtocolError(
+                    CLOSE_TOO_BIG,
+                    f"message of {len(data)} bytes exceeds {settings.max_message_bytes}",
+                )
+            if session is None:
+                session, sender = _open(services, websocket, config)
+            # Backpressure: a client far ahead of the network waits here (bounded memory).
+            while session.pending_bins > pending_limit:
+                await session.processed()
+            await _feed(session, config, data)
+            services.metrics.audio_seconds.labels("v1").inc(
+                len(data) / (2 if config.format == "s16le" else 4) / config.sample_rate
+                if config.input == "audio"
+                else 0.0
+            )
+    except ProtocolError as error:
+        services.metrics.errors.labels(f"ws_{error.code}").inc()
+        await close_with_error(websocket, error)
+    except WebSocketDisconnect:
+        services.metrics.errors.labels("ws_disconnect").inc()
+    finally:
+        services.metrics.active_streams.labels("v1").dec()
+        if session is not None:
+            session.close()
+        if sender is not None and not sender.done():
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+
+def _open(services, websocket: WebSocket, config: StreamConfig) -> tuple[Session, asyncio.Task]:
+    recognizer = services.scheduler.recognizer
+    session = services.scheduler.open(
+        stream_options(config, recognizer.vocabulary, recognizer.n_channels)
+    )
+    sender = asyncio.create_task(send_events(websocket, session, config.partials))
+    return session, sender
+
+
+async def _feed(session: Session, config: StreamConfig, data: bytes, final: bool = False) -> None:
+    try:
+        if config.input == "spikes":
+            await session.feed_spikes(decode_spike_records(data, config.channels), final)
+        else:
+            await session.feed_audio(decode_pcm(data, config.format), final)
+    except (AudioError, ValueError) as error:
+        raise ProtocolError(CLOSE_INVALID, str(error)) from None

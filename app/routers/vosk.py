@@ -1,0 +1,170 @@
+"""``/vosk``: the Vosk server WebSocket protocol, so existing Vosk clients work unchanged.
+
+As in alphacep/vosk-server's ``asr_server.py``: a text message with ``config``
+sets options and gets no reply; every audio message gets exactly one reply
+(``{"partial": ...}`` or a result); ``{"eof" : 1}`` gets the final result and
+ends the session; ``{"reset" : 1}`` gets the final result and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from app.routers.common import (
+    CLOSE_INVALID,
+    CLOSE_NORMAL,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED,
+    ProtocolError,
+    close_with_error,
+    parse_json,
+)
+from app.scheduler import Session
+from app.schemas import VoskConfig
+from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm
+from models.decoding import WordEvent
+from models.recognizer import StreamOptions
+
+router = APIRouter()
+
+
+class VoskSession:
+    def __init__(self, services) -> None:
+        self.services = services
+        self.config = VoskConfig()
+        self.session: Session | None = None
+        self.partial = ""
+
+    def configure(self, values: dict) -> None:
+        try:
+            config = VoskConfig.model_validate({**self.config.model_dump(), **values})
+            check_sample_rate(round(config.sample_rate))
+        except (ValidationError, AudioError) as error:
+            raise ProtocolError(CLOSE_INVALID, f"bad config: {error}".splitlines()[0]) from None
+        self.config = config
+
+    def _ensure(self) -> Session:
+        if self.session is None:
+            vocabulary = self.services.scheduler.recognizer.vocabulary
+            words = None
+            if self.config.phrase_list:
+                phrases = {w for phrase in self.config.phrase_list for w in phrase.lower().split()}
+                words = tuple(w for w in vocabulary if w in phrases)
+            self.session = self.services.scheduler.open(
+                StreamOptions(sample_rate=round(self.config.sample_rate), vocabulary=words)
+            )
+        return self.session
+
+    async def accept_waveform(self, data: bytes) -> dict:
+        session = self._ensure()
+        try:
+            await session.feed_audio(decode_pcm(data, "s16le"))
+        except AudioError as error:
+            raise ProtocolError(CLOSE_INVALID, str(error)) from None
+        await session.processed()
+        finals = self._collect(session)
+        if finals:
+            return self.result(finals)
+        return {"partial": self.partial}
+
+    async def final_result(self) -> dict:
+        session = self._ensure()
+        await session.feed_audio(decode_pcm(b"", "s16le"), final=True)
+        await session.processed()
+        finals = self._collect(session)
+        session.close()
+        self.session = None
+        self.partial = ""
+        return self.result(finals)
+
+    def _collect(self, session: Session) -> list[WordEvent]:
+        finals = []
+        while not session.events.empty():
+            event = session.events.get_nowait()
+            if event.kind == "final":
+                finals.append(event)
+                self.partial = ""
+            else:
+                self.partial = event.word
+        if finals:
+            self.services.metrics.words.labels("vosk").inc(len(finals))
+        return finals
+
+    def result(self, finals: list[WordEvent]) -> dict:
+        text = " ".join(w.word for w in finals)
+        words = [
+            {
+                "conf": round(w.confidence, 6),
+                "end": round(w.end, 6),
+                "start": round(w.start, 6),
+                "word": w.word,
+            }
+            for w in finals
+        ]
+        if self.config.max_alternatives > 0:
+            return {"alternatives": self._alternatives(finals)}
+        return {"result": words, "text": text} if self.config.words and words else {"text": text}
+
+    def _alternatives(self, finals: list[WordEvent]) -> list[dict]:
+        if not finals:
+            return [{"confidence": 0.0, "text": ""}]
+        # N-best over the last word (one word per result is the common case).
+        head = " ".join(w.word for w in finals[:-1])
+        last = finals[-1]
+        choices = last.alternatives or ((last.word, last.confidence),)
+        out = []
+        for word, confidence in choices[: self.config.max_alternatives]:
+            entry = {"confidence": round(confidence, 6), "text": f"{head} {word}".strip()}
+            if self.config.words:
+                entry["result"] = [
+                    {"start": round(last.start, 6), "end": round(last.end, 6), "word": word}
+                ]
+            out.append(entry)
+        return out
+
+
+@router.websocket("/vosk")
+async def vosk_endpoint(websocket: WebSocket) -> None:
+    services = websocket.app.state.services
+    await websocket.accept()
+    vosk = VoskSession(services)
+    services.metrics.active_streams.labels("vosk").inc()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                control = parse_json(message["text"])
+                if "config" in control:
+                    if not isinstance(control["config"], dict):
+                        raise ProtocolError(CLOSE_INVALID, "config must be a JSON object")
+                    vosk.configure(control["config"])
+                elif "eof" in control:
+                    await websocket.send_text(json.dumps(await vosk.final_result()))
+                    await websocket.close(CLOSE_NORMAL)
+                    return
+                elif "reset" in control:
+                    await websocket.send_text(json.dumps(await vosk.final_result()))
+                else:
+                    raise ProtocolError(CLOSE_UNSUPPORTED, "expected audio, config, eof or reset")
+                continue
+            data = message.get("bytes") or b""
+            if len(data) > services.settings.max_message_bytes:
+                raise ProtocolError(CLOSE_TOO_BIG, f"message of {len(data)} bytes is too large")
+            services.metrics.audio_seconds.labels("vosk").inc(
+                len(data) / 2 / vosk.config.sample_rate
+            )
+            await websocket.send_text(json.dumps(await vosk.accept_waveform(data)))
+    except ProtocolError as error:
+        services.metrics.errors.labels(f"vosk_{error.code}").inc()
+        await close_with_error(websocket, error, send_json=False)
+    except WebSocketDisconnect:
+        services.metrics.errors.labels("vosk_disconnect").inc()
+    finally:
+        services.metrics.active_streams.labels("vosk").dec()
+        if vosk.session is not None:
+            vosk.session.close()

@@ -1,0 +1,62 @@
+"""The FastAPI application: ``create_app(settings)`` wires one recognizer into every router."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.metrics import Metrics
+from app.routers import batch, ops, stream, vosk
+from app.routers.ops import STATIC
+from app.scheduler import StreamScheduler
+from app.settings import Settings
+from models.model_file import ModelBundle, load_model
+from models.recognizer import Recognizer
+
+
+@dataclass
+class Services:
+    settings: Settings
+    bundle: ModelBundle
+    scheduler: StreamScheduler
+    metrics: Metrics
+
+
+def create_app(settings: Settings | None = None, bundle: ModelBundle | None = None) -> FastAPI:
+    settings = settings or Settings()
+    bundle = bundle or load_model(settings.model_path)
+    metrics = Metrics()
+    scheduler = StreamScheduler(Recognizer(bundle), on_latency=metrics.partial_latency.observe)
+    services = Services(settings, bundle, scheduler, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        await scheduler.stop()
+
+    app = FastAPI(
+        title="spikeear",
+        version="0.1.0",
+        description="Speech command recognition with a spiking neural network: streaming "
+        "WebSocket (/v1/stream), Vosk-compatible WebSocket (/vosk), batch transcription.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    for module in (ops, stream, vosk, batch):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("http_422").inc()
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=422)
+
+    return app

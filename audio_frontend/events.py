@@ -1,0 +1,116 @@
+"""Spike events: the currency between the cochlea, spike files and the classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpikeEvents:
+    """Time-ordered spike events.
+
+    ``times`` are in seconds from the start of the stream; ``channels`` index the
+    cochlear channel (0 = lowest frequency).  Several events may share a time.
+    """
+
+    times: np.ndarray  # float64 [n]
+    channels: np.ndarray  # int32 [n]
+    n_channels: int
+
+    def __post_init__(self) -> None:
+        if self.times.shape != self.channels.shape:
+            raise ValueError("times and channels must have the same length")
+
+    def __len__(self) -> int:
+        return int(self.times.size)
+
+    @classmethod
+    def empty(cls, n_channels: int) -> SpikeEvents:
+        return cls(np.zeros(0, np.float64), np.zeros(0, np.int32), n_channels)
+
+    @classmethod
+    def concatenate(cls, parts: list[SpikeEvents], n_channels: int) -> SpikeEvents:
+        if not parts:
+            return cls.empty(n_channels)
+        return cls(
+            np.concatenate([p.times for p in parts]),
+            np.concatenate([p.channels for p in parts]).astype(np.int32),
+            n_channels,
+        )
+
+    def validate(self) -> None:
+        """Raise ValueError for events a classifier cannot consume."""
+        if self.times.size and np.any(np.diff(self.times) < 0):
+            raise ValueError("spike events are not in time order")
+        if self.times.size and self.times[0] < 0:
+            raise ValueError("spike times must be non-negative")
+        if self.channels.size and (
+            self.channels.min() < 0 or self.channels.max() >= self.n_channels
+        ):
+            raise ValueError(
+                f"spike channel {int(self.channels.max())} is outside the model's "
+                f"{self.n_channels} input channels"
+            )
+
+
+def bin_events(
+    events: SpikeEvents, bin_s: float, n_bins: int | None = None, start_s: float = 0.0
+) -> np.ndarray:
+    """Count events into a dense raster ``[time_bins, channels]`` (float32).
+
+    Bin ``k`` covers ``[start_s + k*bin_s, start_s + (k+1)*bin_s)``.  Without
+    ``n_bins`` the raster ends with the bin holding the last event.
+    """
+    index = np.floor((events.times - start_s) / bin_s + 1e-9).astype(np.int64)
+    if n_bins is None:
+        n_bins = int(index.max()) + 1 if index.size else 0
+    keep = (index >= 0) & (index < n_bins)
+    raster = np.zeros((n_bins, events.n_channels), np.float32)
+    np.add.at(raster, (index[keep], events.channels[keep]), 1.0)
+    return raster
+
+
+class SpikeBinner:
+    """Streaming version of :func:`bin_events`: emits each bin once it is complete.
+
+    Bins are ``bin_samples`` samples of the ``sample_rate`` clock wide (integer
+    arithmetic, so streaming and whole-file binning agree exactly).
+    """
+
+    def __init__(self, n_channels: int, bin_samples: int, sample_rate: int) -> None:
+        self.n_channels = n_channels
+        self.bin_samples = bin_samples
+        self.sample_rate = sample_rate
+        self.next_bin = 0  # index of the first bin not yet emitted
+        self._pending = np.zeros((0, n_channels), np.float32)  # bins next_bin, next_bin+1, ...
+
+    def add(self, events: SpikeEvents, complete_until_sample: int) -> np.ndarray:
+        """Count ``events`` and return the bins that end at or before the given sample."""
+        if len(events):
+            sample = np.rint(events.times * self.sample_rate).astype(np.int64)
+            index = sample // self.bin_samples - self.next_bin
+            if index.min() < 0:
+                raise ValueError("spike events arrived for a time that has already been binned")
+            needed = int(index.max()) + 1
+            if needed > len(self._pending):
+                grown = np.zeros((needed, self.n_channels), np.float32)
+                grown[: len(self._pending)] = self._pending
+                self._pending = grown
+            np.add.at(self._pending, (index, events.channels), 1.0)
+        complete = complete_until_sample // self.bin_samples - self.next_bin
+        return self._take(max(0, complete))
+
+    def flush(self) -> np.ndarray:
+        """All bins holding counted events, the last possibly partial."""
+        return self._take(len(self._pending))
+
+    def _take(self, n: int) -> np.ndarray:
+        if n > len(self._pending):
+            grown = np.zeros((n, self.n_channels), np.float32)
+            grown[: len(self._pending)] = self._pending
+            self._pending = grown
+        done, self._pending = self._pending[:n], self._pending[n:]
+        self.next_bin += n
+        return done

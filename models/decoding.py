@@ -1,0 +1,168 @@
+"""From per-bin class probabilities and input spike activity to words with times.
+
+Word boundaries come from the spike activity of the cochlea itself: it is quiet
+in silence, so a word is where the input spike count rises clearly above the
+stream's background level (a running floor that falls fast and rises slowly).
+Within a word the decoder sums the classifier's probabilities; the leading
+hypothesis is streamed as a partial whenever it changes, and the word is
+finalised when activity has stayed low for ``hangover_bins``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from models.vocabulary import SILENCE, UNKNOWN
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    min_activity: float = 60.0  # input spikes per bin that can count as speech
+    floor_ratio: float = 2.5  # ... and must exceed the background floor this many times
+    floor_rise: float = 0.005  # per bin; the floor falls at once to quieter levels
+    onset_bins: int = 3  # consecutive active bins that open a word
+    hangover_bins: int = 25  # quiet bins that close it
+    min_word_bins: int = 8
+    max_word_bins: int = 150
+    min_confidence: float = 0.35  # below this a final is reported as unknown
+
+
+class WordEvent(NamedTuple):
+    kind: Literal["partial", "final"]
+    word: str
+    confidence: float
+    time: float  # seconds: when the event was decided
+    start: float  # seconds: word start
+    end: float  # seconds: word end (for partials, the current time)
+    alternatives: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class DecoderState:
+    allowed: np.ndarray  # bool [classes]: words this stream may report
+    floor: float = -1.0
+    bin_index: int = 0
+    run: int = 0  # consecutive active bins
+    quiet: int = 0  # quiet bins since the word's last active bin
+    in_word: bool = False
+    start_bin: int = 0
+    last_active_bin: int = 0
+    evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    leader: int = -1
+    onset_history: list[np.ndarray] = field(default_factory=list)
+
+
+class Decoder:
+    def __init__(self, vocabulary: tuple[str, ...], bin_s: float, config: DecoderConfig) -> None:
+        self.vocabulary = vocabulary
+        self.bin_s = bin_s
+        self.config = config
+        self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
+        self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
+
+    def new_state(self, words: list[str] | None = None) -> DecoderState:
+        """``words`` restricts what may be reported (the fillers always stay)."""
+        if words is None:
+            allowed = np.ones(len(self.vocabulary), bool)
+        else:
+            unknown = sorted(set(words) - set(self.vocabulary))
+            if unknown:
+                raise ValueError(f"words not in the model's vocabulary: {', '.join(unknown)}")
+            allowed = np.array([w in words for w in self.vocabulary]) | self.filler
+        return DecoderState(allowed=allowed, evidence=np.zeros(len(self.vocabulary)))
+
+    def step(
+        self, state: DecoderState, probabilities: np.ndarray, activity: float
+    ) -> list[WordEvent]:
+        """Advance one bin: ``probabilities`` of the classes, ``activity`` = input spikes."""
+        cfg = self.config
+        events: list[WordEvent] = []
+        if state.floor < 0 or activity < state.floor:
+            state.floor = activity
+        else:
+            state.floor += cfg.floor_rise * (activity - state.floor)
+        active = activity >= max(cfg.min_activity, cfg.floor_ratio * state.floor)
+        # While idle, keep the last bins: a word's evidence starts at its onset.
+        if not state.in_word:
+            state.onset_history = [*state.onset_history, probabilities][-cfg.onset_bins :]
+            state.run = state.run + 1 if active else 0
+            if state.run >= cfg.onset_bins:
+                state.in_word = True
+                state.start_bin = state.bin_index - cfg.onset_bins + 1
+                state.last_active_bin = state.bin_index
+                state.quiet = 0
+                state.evidence = np.sum(state.onset_history, axis=0)
+                state.leader = -1
+                events += self._partial(state)
+        else:
+            state.evidence = state.evidence + probabilities
+            if active:
+                state.last_active_bin = state.bin_index
+                state.quiet = 0
+                events += self._partial(state)
+            else:
+                state.quiet += 1
+            length = state.bin_index - state.start_bin + 1
+            if state.quiet >= cfg.hangover_bins or length >= cfg.max_word_bins:
+                events += self._final(state)
+        state.bin_index += 1
+        return events
+
+    def flush(self, state: DecoderState) -> list[WordEvent]:
+        """End of stream: finalise a word in progress."""
+        return self._final(state) if state.in_word else []
+
+    def _scores(self, state: DecoderState) -> np.ndarray:
+        scores = np.where(state.allowed, state.evidence, 0.0)
+        return scores / max(scores.sum(), 1e-9)
+
+    def _partial(self, state: DecoderState) -> list[WordEvent]:
+        scores = self._scores(state)
+        leader = int(scores.argmax())
+        if leader == state.leader:
+            return []
+        state.leader = leader
+        if self.filler[leader]:
+            return []
+        now = (state.bin_index + 1) * self.bin_s
+        return [
+            WordEvent(
+                "partial",
+                self.vocabulary[leader],
+                float(scores[leader]),
+                now,
+                state.start_bin * self.bin_s,
+                now,
+            )
+        ]
+
+    def _final(self, state: DecoderState) -> list[WordEvent]:
+        state.in_word = False
+        state.run = 0
+        state.onset_history = []
+        cfg = self.config
+        if state.last_active_bin - state.start_bin + 1 < cfg.min_word_bins:
+            return []
+        scores = self._scores(state)
+        order = np.argsort(scores)[::-1]
+        best = int(order[0])
+        confidence = float(scores[best])
+        if confidence < cfg.min_confidence and self.unknown >= 0:
+            best = self.unknown
+        alternatives = tuple(
+            (self.vocabulary[i], float(scores[i])) for i in order[:5] if scores[i] > 0
+        )
+        return [
+            WordEvent(
+                "final",
+                self.vocabulary[best],
+                confidence,
+                (state.bin_index + 1) * self.bin_s,
+                state.start_bin * self.bin_s,
+                (state.last_active_bin + 1) * self.bin_s,
+                alternatives,
+            )
+        ]

@@ -1,0 +1,230 @@
+"""The classifier: recurrent spiking layers and a leaky-integrator readout.
+
+Sequence mode (``forward``, ``[batch, time, inputs]``) trains the network and
+serves batch work; step mode (``step``, one time bin with an explicit
+:class:`NetworkState`) serves streams.  Both run the same per-step functions, so
+they agree; many streams are stepped together by stacking their states.
+
+``kind`` selects the neuron model of the hidden layers, for the comparisons in
+the efficiency report:
+
+* ``"spiking"``: recurrent adLIF neurons emitting binary spikes (the product).
+* ``"analog"``: the same leaky recurrent layers with real-valued ReLU outputs
+  (the non-spiking network of the same shape).
+* ``"binary"``: binary weights (sign, scaled per neuron) and binary activations
+  without membrane memory, a binary neural network of the same shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from models.neurons import AdLIFParameters, AdLIFState, adlif_step, leaky_step, spike
+
+KINDS = ("spiking", "analog", "binary")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    n_inputs: int = 64
+    n_classes: int = 22
+    hidden: tuple[int, ...] = (256, 256)
+    kind: str = "spiking"
+    recurrent: bool = True
+    dropout: float = 0.1
+    readout_tau: float = 15.0  # time bins
+    tau_u: tuple[float, float] = (5.0, 25.0)
+    tau_w: tuple[float, float] = (30.0, 120.0)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown network kind {self.kind!r} (choose from {', '.join(KINDS)})")
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["hidden"] = list(self.hidden)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NetworkConfig:
+        values = dict(values)
+        for key in ("hidden", "tau_u", "tau_w"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+class NetworkState(NamedTuple):
+    layers: tuple[AdLIFState, ...]
+    readout: torch.Tensor  # [batch, classes]
+
+    @staticmethod
+    def stack(states: list[NetworkState]) -> NetworkState:
+        """Join single-stream states into one batch (streams in list order)."""
+        return _map_states(lambda *ts: torch.cat(ts, dim=0), *states)
+
+    def split(self) -> list[NetworkState]:
+        batch = self.readout.shape[0]
+        return [_map_states(lambda t, i=i: t[i : i + 1], self) for i in range(batch)]
+
+
+def _map_states(fn, *states: NetworkState) -> NetworkState:
+    layers = tuple(
+        AdLIFState(*(fn(*parts) for parts in zip(*layer_states, strict=True)))
+        for layer_states in zip(*(s.layers for s in states), strict=True)
+    )
+    return NetworkState(layers, fn(*(s.readout for s in states)))
+
+
+class BinarizeSTE(torch.autograd.Function):
+    """sign() with a straight-through gradient clipped to |x| <= 1."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def effective_weight(weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """The weights a layer computes with: binary layers use scaled signs."""
+    if kind != "binary":
+        return weight
+    scale = weight.abs().mean(dim=1, keepdim=True)
+    return BinarizeSTE.apply(weight) * scale
+
+
+class RecurrentLayer(nn.Module):
+    def __init__(self, n_in: int, n_out: int, config: NetworkConfig) -> None:
+        super().__init__()
+        self.kind = config.kind
+        self.tau_u, self.tau_w = config.tau_u, config.tau_w
+        self.input = nn.Linear(n_in, n_out, bias=False)
+        self.norm = nn.BatchNorm1d(n_out, momentum=0.05)
+        self.recurrent = nn.Linear(n_out, n_out, bias=False) if config.recurrent else None
+        if self.recurrent is not None:
+            nn.init.orthogonal_(self.recurrent.weight, gain=0.5)
+        self.dropout = nn.Dropout(config.dropout)
+        self.alpha = nn.Parameter(_uniform_decay(n_out, *config.tau_u))
+        self.beta = nn.Parameter(_uniform_decay(n_out, *config.tau_w))
+        adaptive = config.kind == "spiking"
+        self.a = nn.Parameter(torch.rand(n_out) * 0.5 if adaptive else torch.zeros(n_out))
+        self.b = nn.Parameter(torch.rand(n_out) * 1.0 if adaptive else torch.zeros(n_out))
+        if not adaptive:
+            for p in (self.beta, self.a, self.b):
+                p.requires_grad_(False)
+        if config.kind == "binary":
+            self.alpha.requires_grad_(False)
+
+    @property
+    def n_out(self) -> int:
+        return self.input.out_features
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.alpha.clamp_(math.exp(-1 / self.tau_u[0]), math.exp(-1 / self.tau_u[1]))
+        self.beta.clamp_(math.exp(-1 / self.tau_w[0]), math.exp(-1 / self.tau_w[1]))
+        self.a.clamp_(-1.0, 1.0)
+        self.b.clamp_(0.0, 2.0)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Feed-forward input current for ``[batch, time, n_in]``, batch-normalised."""
+        current = x @ effective_weight(self.input.weight, self.kind).t()
+        batch, time, n = current.shape
+        return self.norm(current.reshape(batch * time, n)).reshape(batch, time, n)
+
+    def initial_state(self, batch: int) -> AdLIFState:
+        zeros = torch.zeros(batch, self.n_out, device=self.alpha.device)
+        return AdLIFState(zeros, zeros.clone(), zeros.clone())
+
+    def advance(self, current: torch.Tensor, state: AdLIFState) -> tuple[torch.Tensor, AdLIFState]:
+        if self.recurrent is not None:
+            current = current + state.s @ effective_weight(self.recurrent.weight, self.kind).t()
+        if self.kind == "spiking":
+            params = AdLIFParameters(self.alpha, self.beta, self.a, self.b)
+            out, new_state = adlif_step(current, state, params)
+        elif self.kind == "analog":
+            u = leaky_step(current, state.u, self.alpha)
+            out = torch.relu(u)
+            new_state = AdLIFState(u, state.w, out)
+        else:  # binary: no membrane memory, {0, 1} activations
+            out = spike(current + 1.0)
+            new_state = AdLIFState(current, state.w, out)
+        return self.dropout(out), new_state
+
+
+def _uniform_decay(n: int, tau_min: float, tau_max: float) -> torch.Tensor:
+    tau = tau_min + torch.rand(n) * (tau_max - tau_min)
+    return torch.exp(-1.0 / tau)
+
+
+class Classifier(nn.Module):
+    def __init__(self, config: NetworkConfig) -> None:
+        super().__init__()
+        self.config = config
+        sizes = (config.n_inputs, *config.hidden)
+        self.layers = nn.ModuleList(
+            RecurrentLayer(n_in, n_out, config) for n_in, n_out in itertools.pairwise(sizes)
+        )
+        self.readout = nn.Linear(sizes[-1], config.n_classes)
+        self.register_buffer("readout_alpha", torch.tensor(math.exp(-1.0 / config.readout_tau)))
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        for layer in self.layers:
+            layer.clamp_()
+
+    def initial_state(self, batch: int = 1) -> NetworkState:
+        device = self.readout.weight.device
+        return NetworkState(
+            tuple(layer.initial_state(batch) for layer in self.layers),
+            torch.zeros(batch, self.config.n_classes, device=device),
+        )
+
+    def forward(
+        self, x: torch.Tensor, state: NetworkState | None = None
+    ) -> tuple[torch.Tensor, NetworkState, list[torch.Tensor]]:
+        """Sequence mode.  Returns per-step class evidence ``[batch, time, classes]``,
+        the final state and each hidden layer's activity ``[batch, time, neurons]``."""
+        batch, time, _ = x.shape
+        state = state or self.initial_state(batch)
+        activity = []
+        signal = x
+        layer_states = []
+        for layer, layer_state in zip(self.layers, state.layers, strict=True):
+            currents = layer.project(signal)
+            outputs = []
+            for t in range(time):
+                out, layer_state = layer.advance(currents[:, t], layer_state)
+                outputs.append(out)
+            signal = torch.stack(outputs, dim=1)
+            activity.append(signal)
+            layer_states.append(layer_state)
+        drive = self.readout(signal)
+        readout = state.readout
+        evidence = []
+        for t in range(time):
+            readout = leaky_step(drive[:, t], readout, self.readout_alpha)
+            evidence.append(readout)
+        return torch.stack(evidence, dim=1), NetworkState(tuple(layer_states), readout), activity
+
+    def step(
+        self, x: torch.Tensor, state: NetworkState
+    ) -> tuple[torch.Tensor, NetworkState, list[torch.Tensor]]:
+        """Step mode: one bin ``[batch, inputs]`` for a batch of streams."""
+        evidence, new_state, activity = self.forward(x[:, None, :], state)
+        return evidence[:, 0], new_state, [a[:, 0] for a in activity]
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,64 @@
+"""Spiking neuron dynamics as pure step functions.
+
+Adaptive leaky integrate-and-fire (adLIF, Bittar & Garner 2022), per neuron,
+one step per time bin::
+
+    w_t = beta * w_{t-1} + a * u_{t-1} + b * s_{t-1}
+    u_t = alpha * (u_{t-1} - s_{t-1}) + (1 - alpha) * (I_t - w_t)
+    s_t = H(u_t - 1)
+
+with ``alpha = exp(-1/tau_u)`` and ``beta = exp(-1/tau_w)``; reset is by
+subtraction.  ``a = b = 0`` gives a plain LIF neuron.  The leaky integrator
+readout is ``u_t = alpha * u_{t-1} + (1 - alpha) * I_t`` without spikes.
+
+The Heaviside step has a boxcar surrogate gradient (1 where ``|u - 1| < 0.5``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+THRESHOLD = 1.0
+
+
+class SpikeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, membrane: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(membrane)
+        return (membrane >= THRESHOLD).to(membrane.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (membrane,) = ctx.saved_tensors
+        return grad * ((membrane - THRESHOLD).abs() < 0.5).to(grad.dtype)
+
+
+spike = SpikeFunction.apply
+
+
+class AdLIFState(NamedTuple):
+    u: torch.Tensor  # membrane potential [batch, neurons]
+    w: torch.Tensor  # adaptation variable
+    s: torch.Tensor  # spikes of the previous step
+
+
+class AdLIFParameters(NamedTuple):
+    alpha: torch.Tensor  # membrane decay per step [neurons]
+    beta: torch.Tensor  # adaptation decay per step
+    a: torch.Tensor  # subthreshold coupling
+    b: torch.Tensor  # spike-triggered adaptation
+
+
+def adlif_step(
+    current: torch.Tensor, state: AdLIFState, p: AdLIFParameters
+) -> tuple[torch.Tensor, AdLIFState]:
+    w = p.beta * state.w + p.a * state.u + p.b * state.s
+    u = p.alpha * (state.u - state.s) + (1.0 - p.alpha) * (current - w)
+    s = spike(u)
+    return s, AdLIFState(u, w, s)
+
+
+def leaky_step(current: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return alpha * u + (1.0 - alpha) * current

@@ -1,0 +1,258 @@
+"""The one recognizer behind every transport: audio or spike events in, words out.
+
+A :class:`Stream` owns all per-stream state (cochlea, binning, network, decoder),
+so chunked input gives the same words as a whole file, and :meth:`Recognizer.step`
+advances any set of streams together, stacking their network states into one
+batch.  Batch transcription is the same path with a single stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from audio_frontend.audio_io import check_sample_rate, to_mono_float
+from audio_frontend.cochlea import Cochlea, CochleaState
+from audio_frontend.events import SpikeBinner, SpikeEvents
+from models.decoding import Decoder, DecoderConfig, DecoderState, WordEvent
+from models.model_file import ModelBundle
+from models.network import NetworkState
+from models.vocabulary import SILENCE, UNKNOWN
+
+PICOJOULES_PER_AC = 0.9  # 45 nm accumulate (Horowitz 2014)
+PICOJOULES_PER_MAC = 4.6  # 45 nm multiply-accumulate
+SEGMENT_BINS = 50  # idle streams may be reset only at multiples of this many bins
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    sample_rate: int = 16000
+    input: Literal["audio", "spikes"] = "audio"
+    vocabulary: tuple[str, ...] | None = None  # restrict to these words
+    emit_unknown: bool = False  # report out-of-vocabulary words as "_unknown_"
+
+
+@dataclass
+class Stream:
+    options: StreamOptions
+    cochlea: CochleaState | None
+    binner: SpikeBinner
+    network: NetworkState
+    decoder: DecoderState
+    ready: list[np.ndarray] = field(default_factory=list)  # complete bins not yet stepped
+    input_spikes: int = 0
+    hidden_spikes: int = 0
+    synaptic_ops: int = 0
+    bins_done: int = 0
+    idle_bins: int = 0  # bins since the last word ended
+    finished: bool = False
+    last_spike_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class Transcript:
+    words: list[WordEvent]
+    duration: float
+    stats: dict
+
+
+class Recognizer:
+    def __init__(self, bundle: ModelBundle, decoder: DecoderConfig | None = None) -> None:
+        self.bundle = bundle
+        self.network = bundle.network.eval()
+        self.cochlea = Cochlea(bundle.frontend)
+        self.vocabulary = bundle.vocabulary
+        self.bin_s = bundle.bin_ms / 1000
+        self.decoder = Decoder(self.vocabulary, self.bin_s, decoder or DecoderConfig())
+        self.bin_samples = round(self.bin_s * bundle.frontend.sample_rate)
+        self.n_channels = bundle.frontend.channels
+        self._fan_out = self._synaptic_fan_out()
+        self._dense_macs_per_bin = self._dense_macs()
+        self._reset_after_bins = round(1.0 / self.bin_s)
+
+    # ----- opening and feeding streams -------------------------------------------------
+    def open_stream(self, options: StreamOptions | None = None) -> Stream:
+        options = options or StreamOptions()
+        cochlea_state = None
+        if options.input == "audio":
+            cochlea_state = self.cochlea.new_state(check_sample_rate(options.sample_rate))
+        words = list(options.vocabulary) if options.vocabulary is not None else None
+        return Stream(
+            options=options,
+            cochlea=cochlea_state,
+            binner=SpikeBinner(self.n_channels, self.bin_samples, self.bundle.frontend.sample_rate),
+            network=self.network.initial_state(1),
+            decoder=self.decoder.new_state(words),
+        )
+
+    def feed_audio(self, stream: Stream, samples: np.ndarray, final: bool = False) -> int:
+        """Run the cochlea on a chunk; returns how many bins are now ready."""
+        if stream.finished:
+            raise ValueError("stream already finished")
+        events = self.cochlea.process(to_mono_float(samples), stream.cochlea, final=final)
+        stream.input_spikes += len(events)
+        stream.ready.extend(stream.binner.add(events, stream.cochlea.samples_done))
+        if final:
+            self._finish(stream)
+        return len(stream.ready)
+
+    def feed_spikes(self, stream: Stream, events: SpikeEvents, final: bool = False) -> int:
+        """Spike events from an external cochlea; times must not go back."""
+        if stream.finished:
+            raise ValueError("stream already finished")
+        if events.n_channels != self.n_channels:
+            events = SpikeEvents(events.times, events.channels, self.n_channels)
+        events.validate()
+        if len(events) and events.times[0] < stream.last_spike_time:
+            raise ValueError("spike events are not in time order")
+        if len(events):
+            stream.last_spike_time = float(events.times[-1])
+        stream.input_spikes += len(events)
+        until = round(stream.last_spike_time * self.bundle.frontend.sample_rate)
+        stream.ready.extend(stream.binner.add(events, until))
+        if final:
+            self._finish(stream)
+        return len(stream.ready)
+
+    def _finish(self, stream: Stream) -> None:
+        stream.ready.extend(stream.binner.flush())
+        stream.finished = True
+
+    # ----- stepping ---------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, streams: list[Stream]) -> list[list[WordEvent]]:
+        """Advance each stream by one ready bin, all in one network batch (step mode)."""
+        if not streams:
+            return []
+        bins = np.stack([s.ready.pop(0) for s in streams])
+        state = NetworkState.stack([s.network for s in streams])
+        evidence, state, activity = self.network.step(torch.from_numpy(bins), state)
+        probabilities = evidence.softmax(-1).numpy()
+        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)  # [streams, layers]
+        results = []
+        for i, (stream, new_state) in enumerate(zip(streams, state.split(), strict=True)):
+            stream.network = new_state
+            results.append(
+                self._decode(
+                    stream, bins[i : i + 1], probabilities[i : i + 1], layer_spikes[i : i + 1]
+                )
+            )
+        return results
+
+    @torch.no_grad()
+    def drain(self, stream: Stream) -> list[WordEvent]:
+        """Run one stream through all its ready bins (sequence mode, for batch work).
+
+        Gives the same events as stepping bin by bin: segments end where
+        :meth:`step` may reset an idle stream.
+        """
+        events: list[WordEvent] = []
+        while stream.ready:
+            n = min(len(stream.ready), SEGMENT_BINS - stream.bins_done % SEGMENT_BINS)
+            bins = np.stack(stream.ready[:n])
+            del stream.ready[:n]
+            evidence, stream.network, activity = self.network(
+                torch.from_numpy(bins)[None], stream.network
+            )
+            probabilities = evidence[0].softmax(-1).numpy()
+            layer_spikes = np.stack([a[0].sum(-1).numpy() for a in activity], axis=1)
+            events += self._decode(stream, bins, probabilities, layer_spikes)
+        return events
+
+    def _decode(
+        self, stream: Stream, bins: np.ndarray, probabilities: np.ndarray, layer_spikes: np.ndarray
+    ) -> list[WordEvent]:
+        """Per-bin bookkeeping after the network: accounting, decoding, idle reset."""
+        events: list[WordEvent] = []
+        activity = bins.sum(axis=1)
+        stream.hidden_spikes += int(layer_spikes.sum())
+        stream.synaptic_ops += int(activity.sum() * self._fan_out[0])
+        stream.synaptic_ops += int((layer_spikes @ self._fan_out[1:]).sum())
+        for t in range(len(bins)):
+            events += self.decoder.step(stream.decoder, probabilities[t], float(activity[t]))
+            stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
+            stream.bins_done += 1
+        # Training clips start from rest; after a long pause the stream returns there.
+        if stream.bins_done % SEGMENT_BINS == 0 and stream.idle_bins >= self._reset_after_bins:
+            stream.network = self.network.initial_state(1)
+        if stream.finished and not stream.ready:
+            events += self.decoder.flush(stream.decoder)
+        return self._visible(stream, events)
+
+    def _visible(self, stream: Stream, events: list[WordEvent]) -> list[WordEvent]:
+        keep = []
+        for event in events:
+            if event.word == SILENCE and event.kind == "final":
+                continue
+            if event.word == UNKNOWN and not stream.options.emit_unknown:
+                continue
+            keep.append(event)
+        return keep
+
+    # ----- whole recordings -----------------------------------------------------------------
+    def transcribe(
+        self, chunks: Iterable[np.ndarray], sample_rate: int, options: StreamOptions | None = None
+    ) -> Transcript:
+        """A whole recording, given as consecutive chunks (bounded memory), through one stream."""
+        options = options or StreamOptions(sample_rate=sample_rate)
+        stream = self.open_stream(options)
+        words: list[WordEvent] = []
+        samples = 0
+        for chunk in chunks:
+            samples += len(chunk)
+            self.feed_audio(stream, chunk)
+            words += self.drain(stream)
+        self.feed_audio(stream, np.zeros(0, np.float32), final=True)
+        words += self.drain(stream)
+        return Transcript(
+            [w for w in words if w.kind == "final"], samples / sample_rate, self.stats(stream)
+        )
+
+    def transcribe_spikes(
+        self, events: SpikeEvents, options: StreamOptions | None = None
+    ) -> Transcript:
+        stream = self.open_stream(options or StreamOptions(input="spikes"))
+        self.feed_spikes(stream, events, final=True)
+        words = self.drain(stream)
+        return Transcript(
+            [w for w in words if w.kind == "final"],
+            stream.bins_done * self.bin_s,
+            self.stats(stream),
+        )
+
+    # ----- accounting -----------------------------------------------------------------------
+    def _synaptic_fan_out(self) -> np.ndarray:
+        """Targets reached by one spike of: the input, then each hidden layer."""
+        config = self.network.config
+        sizes = [*config.hidden, config.n_classes]
+        recurrent = list(config.hidden) if config.recurrent else [0] * len(config.hidden)
+        return np.array(
+            [sizes[0]] + [sizes[i + 1] + recurrent[i] for i in range(len(config.hidden))]
+        )
+
+    def _dense_macs(self) -> int:
+        config = self.network.config
+        sizes = [config.n_inputs, *config.hidden, config.n_classes]
+        macs = sum(a * b for a, b in itertools.pairwise(sizes))
+        if config.recurrent:
+            macs += sum(h * h for h in config.hidden)
+        return macs
+
+    def stats(self, stream: Stream) -> dict:
+        dense = self._dense_macs_per_bin * stream.bins_done
+        return {
+            "spikes": stream.input_spikes + stream.hidden_spikes,
+            "input_spikes": stream.input_spikes,
+            "hidden_spikes": stream.hidden_spikes,
+            "synaptic_ops": stream.synaptic_ops,
+            "dense_macs": dense,
+            "energy_pj": {
+                "snn_synaptic_ops": round(stream.synaptic_ops * PICOJOULES_PER_AC, 1),
+                "dense_equivalent_macs": round(dense * PICOJOULES_PER_MAC, 1),
+            },
+        }

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from audio_frontend.cochlea import CochleaConfig
+from models.model_file import FORMAT_VERSION, ModelBundle, ModelFileError, load_model
+from models.network import Classifier, NetworkConfig, NetworkState
+from models.vocabulary import DEFAULT_VOCABULARY
+
+
+def trained_like(kind: str = "spiking", seed: int = 0) -> Classifier:
+    """A random network whose batch norms have seen data, so its layers spike."""
+    torch.manual_seed(seed)
+    network = Classifier(NetworkConfig(hidden=(48, 32), kind=kind))
+    network.train()
+    with torch.no_grad():
+        for _ in range(3):
+            network(torch.poisson(torch.rand(8, 30, 64) * 4))
+    return network.eval()
+
+
+def inputs(batch: int = 3, time: int = 40) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.poisson(torch.rand(batch, time, 64) * 4)
+
+
+@pytest.mark.parametrize("kind", ["spiking", "analog", "binary"])
+def test_step_mode_equals_sequence_mode(kind):
+    network = trained_like(kind)
+    x = inputs()
+    with torch.no_grad():
+        sequence, final_state, activity = network(x)
+        state = network.initial_state(3)
+        steps = []
+        for t in range(x.shape[1]):
+            out, state, _ = network.step(x[:, t], state)
+            steps.append(out)
+    assert torch.allclose(torch.stack(steps, 1), sequence, atol=1e-5)
+    assert torch.allclose(state.readout, final_state.readout, atol=1e-5)
+    if kind == "spiking":
+        assert 0 < activity[0].mean() < 0.5  # the test is only meaningful if neurons fire
+
+
+def test_streams_stepped_together_equal_streams_stepped_alone():
+    network = trained_like()
+    x = inputs(batch=3, time=20)
+    with torch.no_grad():
+        alone = []
+        for i in range(3):
+            state = network.initial_state(1)
+            for t in range(20):
+                out, state, _ = network.step(x[i : i + 1, t], state)
+            alone.append(out)
+        states = [network.initial_state(1) for _ in range(3)]
+        for t in range(20):
+            out, joint, _ = network.step(x[:, t], NetworkState.stack(states))
+            states = joint.split()
+    assert torch.allclose(torch.cat(alone), out, atol=1e-5)
+
+
+def test_model_file_round_trip(tmp_path):
+    network = trained_like()
+    bundle = ModelBundle(network, CochleaConfig(), DEFAULT_VOCABULARY, 10.0, {"name": "t"})
+    bundle.save(tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.vocabulary == DEFAULT_VOCABULARY and loaded.card["name"] == "t"
+    x = inputs()
+    with torch.no_grad():
+        assert torch.equal(network(x)[0], loaded.network(x)[0])
+
+
+def test_bad_model_files(tmp_path):
+    bundle = ModelBundle(trained_like(), CochleaConfig(), DEFAULT_VOCABULARY, 10.0, {})
+    bundle.save(tmp_path / "m.pt")
+    data = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**data, "format_version": FORMAT_VERSION + 1}, tmp_path / "future.pt")
+    with pytest.raises(ModelFileError, match="format version"):
+        load_model(tmp_path / "future.pt")
+    torch.save({**data, "vocabulary": ["yes", "no"]}, tmp_path / "vocab.pt")
+    with pytest.raises(ModelFileError, match="vocabulary"):
+        load_model(tmp_path / "vocab.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ModelFileError, match="not a spikeear model"):
+        load_model(tmp_path / "text.pt")
+    with pytest.raises(ModelFileError, match="no such"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_a_few_training_steps_reduce_the_loss():
+    from training.train import clip_loss, rate_penalty
+
+    torch.manual_seed(0)
+    network = Classifier(NetworkConfig(hidden=(64,)))
+    x = torch.poisson(torch.rand(16, 30, 64) * 4)
+    y = torch.arange(16) % 4
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        evidence, _, activity = network(x)
+        loss = clip_loss(evidence, y, 0.3) + 0.5 * rate_penalty(activity)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        network.clamp_()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert np.isfinite(losses).all()

@@ -1,0 +1,1 @@
+"""Data, augmentation, training, evaluation and export for spikeear models."""

@@ -1,0 +1,148 @@
+"""Cochlear spike-count features for training, computed once and cached.
+
+Each clip becomes a ``[bins, channels]`` uint8 raster of spike counts at the
+model's bin width.  Training clips get ``variants`` randomly augmented copies in
+addition to the clean one; epochs draw among them, so the cochlea never runs
+during training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from audio_frontend.audio_io import AudioError, load_audio
+from audio_frontend.cochlea import Cochlea, CochleaConfig
+from audio_frontend.events import bin_events
+from training.augment import augment, band_limit, place
+from training.data import Clip
+
+CLIP_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    frontend: CochleaConfig
+    bin_ms: float = 10.0
+    variants: int = 3  # augmented copies per training clip
+
+    @property
+    def n_bins(self) -> int:
+        return round(CLIP_SECONDS * 1000 / self.bin_ms)
+
+    def key(self, clips: list[Clip], augmented: bool, band_limited: bool) -> str:
+        text = json.dumps(
+            [
+                self.frontend.to_dict(),
+                self.bin_ms,
+                self.variants if augmented else 0,
+                band_limited,
+                [str(c.path) for c in clips],
+            ]
+        )
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class FeatureSet:
+    rasters: np.ndarray  # [clips, variants, bins, channels] uint8
+    labels: np.ndarray  # [clips] class index
+    ok: np.ndarray  # [clips] bool, False for unreadable clips
+
+
+def _raster(cochlea: Cochlea, audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    events = cochlea.encode(audio, cochlea.config.sample_rate)
+    counts = bin_events(events, spec.bin_ms / 1000, spec.n_bins)
+    return np.minimum(counts, 255).astype(np.uint8)
+
+
+def _load_16k(path: Path, rate: int) -> np.ndarray:
+    import soxr
+
+    audio, file_rate = load_audio(path)
+    if file_rate != rate:
+        audio = soxr.resample(audio, file_rate, rate).astype(np.float32)
+    return audio
+
+
+def _clip_worker(job: tuple) -> tuple[int, np.ndarray | None]:
+    index, path, spec, variants, band_limited, noise_paths, seed = job
+    cochlea = _worker_cochlea(spec.frontend)
+    rate = spec.frontend.sample_rate
+    length = round(CLIP_SECONDS * rate)
+    try:
+        audio = _load_16k(path, rate)
+    except AudioError:
+        return index, None
+    clean = place(audio, length, None)
+    if band_limited:
+        clean = band_limit(clean, rate)
+    rasters = [_raster(cochlea, clean, spec)]
+    if variants:
+        rng = np.random.default_rng(seed)
+        noises = _worker_noises(noise_paths, rate)
+        # Variants start from the whole recording so that placement is random too.
+        for _ in range(variants):
+            varied = augment(place(audio, max(length, len(audio)), rng), rate, noises, rng)
+            rasters.append(_raster(cochlea, place(varied, length, rng), spec))
+    return index, np.stack(rasters)
+
+
+_WORKER_CACHE: dict = {}
+
+
+def _worker_cochlea(config: CochleaConfig) -> Cochlea:
+    if ("cochlea", config) not in _WORKER_CACHE:
+        _WORKER_CACHE["cochlea", config] = Cochlea(config)
+    return _WORKER_CACHE["cochlea", config]
+
+
+def _worker_noises(paths: tuple[Path, ...], rate: int) -> list[np.ndarray]:
+    if ("noises", paths) not in _WORKER_CACHE:
+        _WORKER_CACHE["noises", paths] = [_load_16k(p, rate) for p in paths]
+    return _WORKER_CACHE["noises", paths]
+
+
+def build_features(
+    clips: list[Clip],
+    vocabulary: tuple[str, ...],
+    spec: FeatureSpec,
+    cache_dir: Path,
+    augmented: bool,
+    band_limited: bool = False,
+    noise_clips: list[Clip] = (),
+    seed: int = 0,
+    description: str = "features",
+) -> FeatureSet:
+    """Rasters for ``clips`` (from the cache when present)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{description}-{spec.key(clips, augmented, band_limited)}.npz"
+    labels = np.array([vocabulary.index(c.label) for c in clips], np.int64)
+    if path.exists():
+        data = np.load(path)
+        return FeatureSet(data["rasters"], labels, data["ok"])
+    variants = spec.variants if augmented else 0
+    noise_paths = tuple(c.path for c in noise_clips)
+    rasters = np.zeros((len(clips), variants + 1, spec.n_bins, spec.frontend.channels), np.uint8)
+    ok = np.zeros(len(clips), bool)
+    jobs = [
+        (i, c.path, spec, variants, band_limited, noise_paths, seed * 1_000_003 + i)
+        for i, c in enumerate(clips)
+    ]
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    with Progress() as progress, ProcessPoolExecutor(workers) as pool:
+        task = progress.add_task(f"cochlea: {description}", total=len(jobs))
+        for index, result in pool.map(_clip_worker, jobs, chunksize=16):
+            if result is not None:
+                rasters[index] = result
+                ok[index] = True
+            progress.advance(task)
+    np.savez(path, rasters=rasters, ok=ok)
+    return FeatureSet(rasters, labels, ok)
