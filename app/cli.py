@@ -196,6 +196,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"plots: {args.out_dir}/confusion.png, {args.out_dir}/accuracy_vs_time.png")
 
 
+def cmd_export_nir(args: argparse.Namespace) -> None:
+    from training.export import export_nir_command
+
+    print(export_nir_command(args.model, args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikeear",
@@ -243,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="evaluation", help="where PNGs and evaluation.json go")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--json", action="store_true")
+
+    p = command("export-nir", cmd_export_nir, "Export the network as a NIR graph (.nir).")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--out", required=True, metavar="MODEL.nir")
 
     p = command("train", cmd_train, "Train a classifier on folders of labelled clips.")
     p.add_argument(

@@ -37,7 +37,7 @@ class FeatureSpec:
     def n_bins(self) -> int:
         return round(CLIP_SECONDS * 1000 / self.bin_ms)
 
-    def key(self, clips: list[Clip], augmented: bool, band_limited: bool) -> str:
+    def key(self, clips: list[Clip], augmented: bool, band_limited: bool, extra: list) -> str:
         text = json.dumps(
             [
                 self.frontend.to_dict(),
@@ -45,6 +45,7 @@ class FeatureSpec:
                 self.variants if augmented else 0,
                 band_limited,
                 [str(c.path) for c in clips],
+                extra,
             ]
         )
         return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -55,6 +56,14 @@ class FeatureSet:
     rasters: np.ndarray  # [clips, variants, bins, channels] uint8
     labels: np.ndarray  # [clips] class index
     ok: np.ndarray  # [clips] bool, False for unreadable clips
+
+    @staticmethod
+    def concatenate(parts: list[FeatureSet]) -> FeatureSet:
+        return FeatureSet(
+            np.concatenate([p.rasters for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.ok for p in parts]),
+        )
 
 
 def _raster(cochlea: Cochlea, audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -95,6 +104,11 @@ def _clip_worker(job: tuple) -> tuple[int, np.ndarray | None]:
     return index, np.stack(rasters)
 
 
+def _clip_seed(clip: Clip, seed: int) -> int:
+    """Augmentation seed of one clip: independent of which other clips are in the run."""
+    return int(hashlib.sha1(f"{seed}:{clip.path}".encode()).hexdigest()[:12], 16)
+
+
 _WORKER_CACHE: dict = {}
 
 
@@ -123,17 +137,18 @@ def build_features(
 ) -> FeatureSet:
     """Rasters for ``clips`` (from the cache when present)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{description}-{spec.key(clips, augmented, band_limited)}.npz"
+    noise_paths = tuple(c.path for c in noise_clips)
+    extra = [seed, [str(p) for p in noise_paths]] if augmented else []
+    path = cache_dir / f"{description}-{spec.key(clips, augmented, band_limited, extra)}.npz"
     labels = np.array([vocabulary.index(c.label) for c in clips], np.int64)
     if path.exists():
         data = np.load(path)
         return FeatureSet(data["rasters"], labels, data["ok"])
     variants = spec.variants if augmented else 0
-    noise_paths = tuple(c.path for c in noise_clips)
     rasters = np.zeros((len(clips), variants + 1, spec.n_bins, spec.frontend.channels), np.uint8)
     ok = np.zeros(len(clips), bool)
     jobs = [
-        (i, c.path, spec, variants, band_limited, noise_paths, seed * 1_000_003 + i)
+        (i, c.path, spec, variants, band_limited, noise_paths, _clip_seed(c, seed))
         for i, c in enumerate(clips)
     ]
     workers = max(1, min(os.cpu_count() or 1, 8))

@@ -97,35 +97,43 @@ def make_batch(
 
 
 def load_datasets(config: TrainConfig, spec: FeatureSpec):
-    clips = []
-    for root in config.data:
-        clips += discover(root, config.vocabulary)
+    """Discover, split by speaker and featurise; features are cached per source folder."""
+    per_root = [discover(root, config.vocabulary) for root in config.data]
     if config.max_clips:
         rng = np.random.default_rng(config.seed)
-        clips = [clips[i] for i in sorted(rng.permutation(len(clips))[: config.max_clips])]
-    train_clips, val_clips = split_by_speaker(clips)
+        keep = config.max_clips / sum(len(clips) for clips in per_root)
+        per_root = [[c for c in clips if rng.random() < keep] for clips in per_root]
+    train_clips, val_clips = split_by_speaker([c for clips in per_root for c in clips])
     if not train_clips or not val_clips:
         raise DataError("need clips from at least two speakers to make a speaker-disjoint split")
     cache = Path(config.cache_dir)
     noise = [c for c in train_clips if c.spoken == "noise"]
-    train = build_features(
-        train_clips,
-        config.vocabulary,
-        spec,
-        cache,
-        True,
-        noise_clips=noise,
-        seed=config.seed,
-        description="train",
+    train_parts, val_parts = [], []
+    for root, clips in zip(config.data, per_root, strict=True):
+        name = Path(root).name
+        in_train = [c for c in clips if c in set(train_clips)]
+        in_val = [c for c in clips if c in set(val_clips)]
+        if in_train:
+            train_parts.append((in_train, build_features(
+                in_train, config.vocabulary, spec, cache, True, noise_clips=noise,
+                seed=config.seed, description=f"train-{name}",
+            )))  # fmt: skip
+        if in_val:
+            val_parts.append((in_val, build_features(
+                in_val, config.vocabulary, spec, cache, False, description=f"val-{name}"
+            )))  # fmt: skip
+    train_clips = [c for clips, _ in train_parts for c in clips]
+    val_clips = [c for clips, _ in val_parts for c in clips]
+    train, val = (
+        FeatureSet.concatenate([f for _, f in train_parts]),
+        FeatureSet.concatenate([f for _, f in val_parts]),
     )
-    val = build_features(val_clips, config.vocabulary, spec, cache, False, description="val")
-    for name, features, chosen in (("train", train, train_clips), ("val", val, val_clips)):
+    for name, features in (("train", train), ("val", val)):
         skipped = int((~features.ok).sum())
         if skipped:
             print(f"{name}: skipped {skipped} unreadable clips")
         if not features.ok.any():
             raise DataError(f"no readable {name} clips")
-        del chosen
     return train_clips, val_clips, train, val
 
 
