@@ -85,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         variants=args.variants,
+        bin_ms=args.bin_ms,
+        threads=args.threads,
         cache_dir=args.cache_dir,
         max_clips=args.max_clips,
     )
@@ -276,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
+    p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--cache-dir", default="cache", help="where spike features are cached")
     p.add_argument("--max-clips", type=int, help="use a random subset (smoke tests)")
     return parser

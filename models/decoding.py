@@ -20,13 +20,15 @@ from models.vocabulary import SILENCE, UNKNOWN
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    min_activity: float = 60.0  # input spikes per bin that can count as speech
+    """Endpointing and decision settings, in seconds and spikes per second."""
+
+    min_activity_rate: float = 6000.0  # input spikes/s that can count as speech
     floor_ratio: float = 2.5  # ... and must exceed the background floor this many times
-    floor_rise: float = 0.005  # per bin; the floor falls at once to quieter levels
-    onset_bins: int = 3  # consecutive active bins that open a word
-    hangover_bins: int = 25  # quiet bins that close it
-    min_word_bins: int = 8
-    max_word_bins: int = 150
+    floor_rise_per_s: float = 0.5  # the floor rises slowly; it falls at once to quieter levels
+    onset_s: float = 0.03  # continuous activity that opens a word
+    hangover_s: float = 0.25  # quiet time that closes it
+    min_word_s: float = 0.08
+    max_word_s: float = 1.5
     min_confidence: float = 0.35  # below this a final is reported as unknown
 
 
@@ -60,6 +62,12 @@ class Decoder:
         self.vocabulary = vocabulary
         self.bin_s = bin_s
         self.config = config
+        self.min_activity = config.min_activity_rate * bin_s
+        self.floor_rise = min(1.0, config.floor_rise_per_s * bin_s)
+        self.onset_bins = max(1, round(config.onset_s / bin_s))
+        self.hangover_bins = max(1, round(config.hangover_s / bin_s))
+        self.min_word_bins = max(1, round(config.min_word_s / bin_s))
+        self.max_word_bins = max(1, round(config.max_word_s / bin_s))
         self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
         self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
 
@@ -83,15 +91,15 @@ class Decoder:
         if state.floor < 0 or activity < state.floor:
             state.floor = activity
         else:
-            state.floor += cfg.floor_rise * (activity - state.floor)
-        active = activity >= max(cfg.min_activity, cfg.floor_ratio * state.floor)
+            state.floor += self.floor_rise * (activity - state.floor)
+        active = activity >= max(self.min_activity, cfg.floor_ratio * state.floor)
         # While idle, keep the last bins: a word's evidence starts at its onset.
         if not state.in_word:
-            state.onset_history = [*state.onset_history, probabilities][-cfg.onset_bins :]
+            state.onset_history = [*state.onset_history, probabilities][-self.onset_bins :]
             state.run = state.run + 1 if active else 0
-            if state.run >= cfg.onset_bins:
+            if state.run >= self.onset_bins:
                 state.in_word = True
-                state.start_bin = state.bin_index - cfg.onset_bins + 1
+                state.start_bin = state.bin_index - self.onset_bins + 1
                 state.last_active_bin = state.bin_index
                 state.quiet = 0
                 state.evidence = np.sum(state.onset_history, axis=0)
@@ -106,7 +114,7 @@ class Decoder:
             else:
                 state.quiet += 1
             length = state.bin_index - state.start_bin + 1
-            if state.quiet >= cfg.hangover_bins or length >= cfg.max_word_bins:
+            if state.quiet >= self.hangover_bins or length >= self.max_word_bins:
                 events += self._final(state)
         state.bin_index += 1
         return events
@@ -144,7 +152,7 @@ class Decoder:
         state.run = 0
         state.onset_history = []
         cfg = self.config
-        if state.last_active_bin - state.start_bin + 1 < cfg.min_word_bins:
+        if state.last_active_bin - state.start_bin + 1 < self.min_word_bins:
             return []
         scores = self._scores(state)
         order = np.argsort(scores)[::-1]

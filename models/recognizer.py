@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +37,20 @@ class StreamOptions:
     emit_unknown: bool = False  # report out-of-vocabulary words as "_unknown_"
 
 
+class StreamActivity(NamedTuple):
+    """What a stream's network has done so far, for live displays.
+
+    Replaced as a whole after every network call, so a reader in another
+    thread always sees a consistent snapshot; readers that aggregate over
+    several calls difference ``input_counts`` between two snapshots.
+    """
+
+    bins_done: int  # bins through the network so far
+    input_counts: np.ndarray  # float64 [channels]: input spikes per channel, since the start
+    last_input: np.ndarray  # float32 [channels]: input spikes per channel of the last call's bins
+    last_output: np.ndarray  # float32 [classes]: class probabilities after the last bin
+
+
 @dataclass
 class Stream:
     options: StreamOptions
@@ -52,6 +66,7 @@ class Stream:
     idle_bins: int = 0  # bins since the last word ended
     finished: bool = False
     last_spike_time: float = 0.0
+    activity: StreamActivity | None = None  # set after each network call
 
 
 @dataclass(frozen=True)
@@ -177,6 +192,13 @@ class Recognizer:
             events += self.decoder.step(stream.decoder, probabilities[t], float(activity[t]))
             stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
             stream.bins_done += 1
+        last_input = bins.sum(axis=0)
+        previous = (
+            stream.activity.input_counts if stream.activity is not None else np.zeros(bins.shape[1])
+        )
+        stream.activity = StreamActivity(
+            stream.bins_done, previous + last_input, last_input, probabilities[-1].copy()
+        )
         # Training clips start from rest; after a long pause the stream returns there.
         if stream.bins_done % SEGMENT_BINS == 0 and stream.idle_bins >= self._reset_after_bins:
             stream.network = self.network.initial_state(1)

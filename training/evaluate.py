@@ -207,7 +207,7 @@ def evaluate(
     spec = FeatureSpec(bundle.frontend, bundle.bin_ms, 0)
     cache = Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    min_activity = Recognizer(bundle).decoder.config.min_activity
+    min_activity = Recognizer(bundle).decoder.min_activity
     results, curves = {}, {}
     native = build_features(clips, bundle.vocabulary, spec, cache, False, description="eval")
     ok = native.ok

@@ -39,7 +39,7 @@ class TrainConfig:
     kind: str = "spiking"
     hidden: tuple[int, ...] = (256, 256)
     channels: int = 64
-    bin_ms: float = 10.0
+    bin_ms: float = 20.0
     variants: int = 3
     early_weight: float = 0.3
     rate_weight: float = 0.5
@@ -49,7 +49,18 @@ class TrainConfig:
     cache_dir: str = "cache"
     resume: bool = False
     max_clips: int | None = None  # for smoke tests
+    threads: int = 1  # torch threads: tiny matrices gain little from more, and suffer under load
     vocabulary: tuple[str, ...] = field(default=DEFAULT_VOCABULARY)
+
+
+def time_constants(bin_ms: float) -> dict:
+    """Neuron time constants in bins for a bin width (chosen in milliseconds)."""
+    per_bin = 1.0 / bin_ms
+    return {
+        "readout_tau": 150.0 * per_bin,
+        "tau_u": (50.0 * per_bin, 250.0 * per_bin),
+        "tau_w": (300.0 * per_bin, 1200.0 * per_bin),
+    }
 
 
 def clip_loss(evidence: torch.Tensor, labels: torch.Tensor, early_weight: float) -> torch.Tensor:
@@ -139,6 +150,7 @@ def load_datasets(config: TrainConfig, spec: FeatureSpec):
 
 def train(config: TrainConfig) -> ModelBundle:
     torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frontend = CochleaConfig(channels=config.channels)
@@ -150,6 +162,7 @@ def train(config: TrainConfig) -> ModelBundle:
             n_classes=len(config.vocabulary),
             hidden=tuple(config.hidden),
             kind=config.kind,
+            **time_constants(config.bin_ms),
         )
     ).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
