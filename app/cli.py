@@ -7,6 +7,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from app.mic import add_mic_arguments
 from audio_frontend.audio_io import AudioError
 from models.model_file import ModelFileError
 from models.network import KINDS
@@ -167,6 +170,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     bundle = load_model(args.model)
     results = evaluate(bundle, args.data, Path(args.out_dir), args.split, args.cache_dir)
+    if args.write_card:
+        from models.model_file import DEFAULT_MODEL_PATH
+
+        bundle.card["evaluation"] = {
+            "command": "spikeear evaluate " + " ".join(f"--data {d}" for d in args.data),
+            **results,
+        }
+        bundle.save(args.model or DEFAULT_MODEL_PATH)
     if args.json:
         print(json.dumps(results))
         return
@@ -202,6 +213,12 @@ def cmd_export_nir(args: argparse.Namespace) -> None:
     from training.export import export_nir_command
 
     print(export_nir_command(args.model, args.out))
+
+
+def cmd_mic(args: argparse.Namespace) -> None:
+    from app.mic import cmd_mic as run
+
+    run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,10 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="evaluation", help="where PNGs and evaluation.json go")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--write-card", action="store_true", help="store the figures in the model file's card"
+    )
 
     p = command("export-nir", cmd_export_nir, "Export the network as a NIR graph (.nir).")
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--out", required=True, metavar="MODEL.nir")
+
+    p = command("mic", cmd_mic, "Live recognition from the microphone (or a file).")
+    add_mic_arguments(p)
 
     p = command("train", cmd_train, "Train a classifier on folders of labelled clips.")
     p.add_argument(
@@ -276,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="layer sizes")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
     p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -287,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Inference multiplies tiny matrices: extra torch threads only add overhead, and
+    # under load their spinning costs far more than it saves (measured 3-15x).
+    torch.set_num_threads(getattr(args, "threads", 1))
     try:
         args.handler(args)
     except (CliError, AudioError, ModelFileError, DataError, OSError, ValueError) as error:

@@ -74,6 +74,7 @@ class Session:
 
     def close(self) -> None:
         self.scheduler.sessions.discard(self)
+        self.scheduler.recognizer.close_stream(self.stream)
         self._idle.set()
 
 

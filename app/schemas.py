@@ -20,6 +20,11 @@ class StreamConfig(BaseModel):
         "audio", description="'spikes': binary frames of (uint32 time_us, uint16 channel) records"
     )
     channels: int | None = Field(None, description="spike input: the sender's channel count")
+    activity: bool = Field(
+        False,
+        description="also send {'type': 'activity', 'time', 'bins', 'input', 'output'} messages "
+        "(input spikes per channel and class probabilities, at most one per 50 ms of audio)",
+    )
 
 
 class VoskConfig(BaseModel):

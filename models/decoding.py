@@ -23,7 +23,7 @@ class DecoderConfig:
     """Endpointing and decision settings, in seconds and spikes per second."""
 
     min_activity_rate: float = 6000.0  # input spikes/s that can count as speech
-    floor_ratio: float = 2.5  # ... and must exceed the background floor this many times
+    floor_ratio: float = 1.6  # ... and must exceed the background floor this many times
     floor_rise_per_s: float = 0.5  # the floor rises slowly; it falls at once to quieter levels
     onset_s: float = 0.03  # continuous activity that opens a word
     hangover_s: float = 0.25  # quiet time that closes it

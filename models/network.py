@@ -3,7 +3,7 @@
 Sequence mode (``forward``, ``[batch, time, inputs]``) trains the network and
 serves batch work; step mode (``step``, one time bin with an explicit
 :class:`NetworkState`) serves streams.  Both run the same per-step functions, so
-they agree; many streams are stepped together by stacking their states.
+they agree; many streams are stepped together from a :class:`StatePool`.
 
 ``kind`` selects the neuron model of the hidden layers, for the comparisons in
 the efficiency report:
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -65,22 +66,53 @@ class NetworkState(NamedTuple):
     layers: tuple[AdLIFState, ...]
     readout: torch.Tensor  # [batch, classes]
 
-    @staticmethod
-    def stack(states: list[NetworkState]) -> NetworkState:
-        """Join single-stream states into one batch (streams in list order)."""
-        return _map_states(lambda *ts: torch.cat(ts, dim=0), *states)
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for layer in self.layers for t in layer] + [self.readout]
 
-    def split(self) -> list[NetworkState]:
-        batch = self.readout.shape[0]
-        return [_map_states(lambda t, i=i: t[i : i + 1], self) for i in range(batch)]
+    @classmethod
+    def from_tensors(cls, tensors: list[torch.Tensor]) -> NetworkState:
+        layers = tuple(AdLIFState(*tensors[i : i + 3]) for i in range(0, len(tensors) - 1, 3))
+        return cls(layers, tensors[-1])
 
 
-def _map_states(fn, *states: NetworkState) -> NetworkState:
-    layers = tuple(
-        AdLIFState(*(fn(*parts) for parts in zip(*layer_states, strict=True)))
-        for layer_states in zip(*(s.layers for s in states), strict=True)
-    )
-    return NetworkState(layers, fn(*(s.readout for s in states)))
+class StatePool:
+    """The network states of many streams, kept as one batch: each stream owns a row.
+
+    Stepping a set of streams gathers their rows, steps them as one batch and
+    scatters the result back: a few tensor operations whatever the number of
+    streams.  The rest state is all zeros, so a freed or reset row is zeroed.
+    """
+
+    def __init__(self, network: Classifier, capacity: int = 16) -> None:
+        self._network = network
+        self._rows = network.initial_state(capacity).tensors()
+        self._free = list(range(capacity - 1, -1, -1))
+        self.lock = threading.Lock()  # allocation may grow the pool while a step runs
+
+    def allocate(self) -> int:
+        with self.lock:
+            if not self._free:
+                capacity = self._rows[0].shape[0]
+                extra = self._network.initial_state(capacity).tensors()
+                self._rows = [torch.cat([t, e]) for t, e in zip(self._rows, extra, strict=True)]
+                self._free = list(range(2 * capacity - 1, capacity - 1, -1))
+            return self._free.pop()
+
+    def release(self, row: int) -> None:
+        with self.lock:
+            self.reset(row)
+            self._free.append(row)
+
+    def reset(self, row: int) -> None:
+        for tensor in self._rows:
+            tensor[row].zero_()
+
+    def gather(self, rows: torch.Tensor) -> NetworkState:
+        return NetworkState.from_tensors([t.index_select(0, rows) for t in self._rows])
+
+    def scatter(self, rows: torch.Tensor, state: NetworkState) -> None:
+        for target, source in zip(self._rows, state.tensors(), strict=True):
+            target.index_copy_(0, rows, source)
 
 
 class BinarizeSTE(torch.autograd.Function):

@@ -8,8 +8,9 @@ batch.  Batch transcription is the same path with a single stream.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -21,7 +22,7 @@ from audio_frontend.cochlea import Cochlea, CochleaState
 from audio_frontend.events import SpikeBinner, SpikeEvents
 from models.decoding import Decoder, DecoderConfig, DecoderState, WordEvent
 from models.model_file import ModelBundle
-from models.network import NetworkState
+from models.network import StatePool
 from models.vocabulary import SILENCE, UNKNOWN
 
 PICOJOULES_PER_AC = 0.9  # 45 nm accumulate (Horowitz 2014)
@@ -56,7 +57,7 @@ class Stream:
     options: StreamOptions
     cochlea: CochleaState | None
     binner: SpikeBinner
-    network: NetworkState
+    row: int  # this stream's row in the recognizer's StatePool
     decoder: DecoderState
     ready: list[np.ndarray] = field(default_factory=list)  # complete bins not yet stepped
     input_spikes: int = 0
@@ -80,6 +81,7 @@ class Recognizer:
     def __init__(self, bundle: ModelBundle, decoder: DecoderConfig | None = None) -> None:
         self.bundle = bundle
         self.network = bundle.network.eval()
+        self.pool = StatePool(self.network)
         self.cochlea = Cochlea(bundle.frontend)
         self.vocabulary = bundle.vocabulary
         self.bin_s = bundle.bin_ms / 1000
@@ -101,9 +103,23 @@ class Recognizer:
             options=options,
             cochlea=cochlea_state,
             binner=SpikeBinner(self.n_channels, self.bin_samples, self.bundle.frontend.sample_rate),
-            network=self.network.initial_state(1),
+            row=self.pool.allocate(),
             decoder=self.decoder.new_state(words),
         )
+
+    def close_stream(self, stream: Stream) -> None:
+        """Give the stream's network row back (idempotent)."""
+        if stream.row >= 0:
+            self.pool.release(stream.row)
+            stream.row = -1
+
+    @contextlib.contextmanager
+    def opened(self, options: StreamOptions | None = None) -> Iterator[Stream]:
+        stream = self.open_stream(options)
+        try:
+            yield stream
+        finally:
+            self.close_stream(stream)
 
     def feed_audio(self, stream: Stream, samples: np.ndarray, final: bool = False) -> int:
         """Run the cochlea on a chunk; returns how many bins are now ready."""
@@ -145,19 +161,18 @@ class Recognizer:
         if not streams:
             return []
         bins = np.stack([s.ready.pop(0) for s in streams])
-        state = NetworkState.stack([s.network for s in streams])
-        evidence, state, activity = self.network.step(torch.from_numpy(bins), state)
+        rows = torch.tensor([s.row for s in streams])
+        with self.pool.lock:
+            evidence, state, activity = self.network.step(
+                torch.from_numpy(bins), self.pool.gather(rows)
+            )
+            self.pool.scatter(rows, state)
         probabilities = evidence.softmax(-1).numpy()
         layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)  # [streams, layers]
-        results = []
-        for i, (stream, new_state) in enumerate(zip(streams, state.split(), strict=True)):
-            stream.network = new_state
-            results.append(
-                self._decode(
-                    stream, bins[i : i + 1], probabilities[i : i + 1], layer_spikes[i : i + 1]
-                )
-            )
-        return results
+        return [
+            self._decode(stream, bins[i : i + 1], probabilities[i : i + 1], layer_spikes[i : i + 1])
+            for i, stream in enumerate(streams)
+        ]
 
     @torch.no_grad()
     def drain(self, stream: Stream) -> list[WordEvent]:
@@ -171,9 +186,12 @@ class Recognizer:
             n = min(len(stream.ready), SEGMENT_BINS - stream.bins_done % SEGMENT_BINS)
             bins = np.stack(stream.ready[:n])
             del stream.ready[:n]
-            evidence, stream.network, activity = self.network(
-                torch.from_numpy(bins)[None], stream.network
-            )
+            rows = torch.tensor([stream.row])
+            with self.pool.lock:
+                evidence, state, activity = self.network(
+                    torch.from_numpy(bins)[None], self.pool.gather(rows)
+                )
+                self.pool.scatter(rows, state)
             probabilities = evidence[0].softmax(-1).numpy()
             layer_spikes = np.stack([a[0].sum(-1).numpy() for a in activity], axis=1)
             events += self._decode(stream, bins, probabilities, layer_spikes)
@@ -201,7 +219,8 @@ class Recognizer:
         )
         # Training clips start from rest; after a long pause the stream returns there.
         if stream.bins_done % SEGMENT_BINS == 0 and stream.idle_bins >= self._reset_after_bins:
-            stream.network = self.network.initial_state(1)
+            with self.pool.lock:
+                self.pool.reset(stream.row)
         if stream.finished and not stream.ready:
             events += self.decoder.flush(stream.decoder)
         return self._visible(stream, events)
@@ -221,16 +240,15 @@ class Recognizer:
         self, chunks: Iterable[np.ndarray], sample_rate: int, options: StreamOptions | None = None
     ) -> Transcript:
         """A whole recording, given as consecutive chunks (bounded memory), through one stream."""
-        options = options or StreamOptions(sample_rate=sample_rate)
-        stream = self.open_stream(options)
         words: list[WordEvent] = []
         samples = 0
-        for chunk in chunks:
-            samples += len(chunk)
-            self.feed_audio(stream, chunk)
+        with self.opened(options or StreamOptions(sample_rate=sample_rate)) as stream:
+            for chunk in chunks:
+                samples += len(chunk)
+                self.feed_audio(stream, chunk)
+                words += self.drain(stream)
+            self.feed_audio(stream, np.zeros(0, np.float32), final=True)
             words += self.drain(stream)
-        self.feed_audio(stream, np.zeros(0, np.float32), final=True)
-        words += self.drain(stream)
         return Transcript(
             [w for w in words if w.kind == "final"], samples / sample_rate, self.stats(stream)
         )
@@ -238,9 +256,9 @@ class Recognizer:
     def transcribe_spikes(
         self, events: SpikeEvents, options: StreamOptions | None = None
     ) -> Transcript:
-        stream = self.open_stream(options or StreamOptions(input="spikes"))
-        self.feed_spikes(stream, events, final=True)
-        words = self.drain(stream)
+        with self.opened(options or StreamOptions(input="spikes")) as stream:
+            self.feed_spikes(stream, events, final=True)
+            words = self.drain(stream)
         return Transcript(
             [w for w in words if w.kind == "final"],
             stream.bins_done * self.bin_s,

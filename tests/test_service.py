@@ -1,6 +1,8 @@
 """The service through the real app: streaming, Vosk protocol, batch, operations, bad input."""
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -263,3 +265,70 @@ def test_operations_endpoints(client):
         assert name in metrics
     assert client.get("/docs").status_code == 200
     assert "/v1/transcribe" in client.get("/openapi.json").json()["paths"]
+
+
+# ----- spike-event input ------------------------------------------------------------------
+def spike_records(audio: np.ndarray) -> bytes:
+    from audio_frontend import Cochlea
+
+    events = Cochlea().encode(audio.astype(np.float32) / 32768, 16000)
+    records = np.zeros(len(events), np.dtype([("t", "<u4"), ("c", "<u2")]))
+    records["t"] = np.rint(events.times * 1e6).astype(np.uint32)
+    records["c"] = events.channels
+    return records.tobytes()
+
+
+def spike_stream(client, payload: bytes, frame: int = 6000) -> list[dict]:
+    messages = []
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_text(json.dumps({"config": {"input": "spikes", "channels": 64}}))
+        for start in range(0, len(payload), frame):
+            ws.send_bytes(payload[start : start + frame])
+        ws.send_text(json.dumps({"eof": 1}))
+        while (message := ws.receive_json())["type"] != "eof":
+            messages.append(message)
+    return messages
+
+
+def test_spike_events_in_give_the_same_words_as_audio(client):
+    audio = sentence("yes", "no")
+    from_audio = finals(stream(client, audio))
+    from_spikes = finals(spike_stream(client, spike_records(audio)))
+    assert [w["word"] for w in from_spikes] == [w["word"] for w in from_audio] == ["yes", "no"]
+
+
+@pytest.mark.parametrize(
+    "records, reason",
+    [
+        (b"\x00" * 7, "truncated spike record"),
+        (
+            np.array([(500, 3), (100, 3)], dtype=[("t", "<u4"), ("c", "<u2")]).tobytes(),
+            "time order",
+        ),
+        (np.array([(100, 64)], dtype=[("t", "<u4"), ("c", "<u2")]).tobytes(), "channel"),
+    ],
+)
+def test_bad_spike_input(client, records, reason):
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_text(json.dumps({"config": {"input": "spikes", "channels": 64}}))
+        ws.send_bytes(records)
+        assert reason in ws.receive_json()["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1007
+
+
+def test_transcribe_spike_file(tmp_path):
+    from app.cli import main
+
+    wav = tmp_path / "yes.wav"
+    sf.write(wav, sentence("yes"), 16000)
+    assert main(["encode", str(wav), "--out", str(tmp_path / "yes.h5")]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "transcribe", str(tmp_path / "yes.h5"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["text"] == "yes"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 
+import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
@@ -21,10 +23,12 @@ from app.routers.common import (
 )
 from app.scheduler import Session
 from app.schemas import StreamConfig
-from audio_frontend.audio_io import AudioError, decode_pcm
-from models.recognizer import StreamOptions
+from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm
+from models.recognizer import Stream, StreamActivity, StreamOptions
 
 router = APIRouter()
+ACTIVITY_INTERVAL_S = 0.05  # "activity" messages: at most one per 50 ms of audio
+_NO_EVENT = object()
 
 
 def stream_options(
@@ -39,6 +43,8 @@ def stream_options(
             CLOSE_INVALID, f"channels {config.channels} exceeds the model's {n_channels} inputs"
         )
     try:
+        if config.input == "audio":
+            check_sample_rate(config.sample_rate)
         return StreamOptions(
             sample_rate=config.sample_rate,
             input=config.input,
@@ -64,9 +70,56 @@ def read_config(message: dict, vocabulary: tuple[str, ...], n_channels: int) -> 
     return config
 
 
-async def send_events(websocket: WebSocket, session: Session, partials: bool) -> None:
+class ActivityReporter:
+    """Turns a stream's activity snapshots into ``activity`` messages (config ``activity``).
+
+    Each message aggregates the bins since the previous one (at least 50 ms of
+    audio unless flushing): input spikes per cochlear channel over those bins,
+    and the class probabilities after the last of them.
+    """
+
+    def __init__(self, bin_s: float) -> None:
+        self.bin_s = bin_s
+        self.min_bins = max(1, math.ceil(ACTIVITY_INTERVAL_S / bin_s - 1e-6))
+        self.sent: StreamActivity | None = None
+
+    def message(self, stream: Stream, flush: bool = False) -> dict | None:
+        now = stream.activity
+        if now is None:
+            return None
+        bins = now.bins_done - (self.sent.bins_done if self.sent is not None else 0)
+        if bins <= 0 or (bins < self.min_bins and not flush):
+            return None
+        counts = now.input_counts - (self.sent.input_counts if self.sent is not None else 0.0)
+        self.sent = now
+        return {
+            "type": "activity",
+            "time": round(now.bins_done * self.bin_s, 3),
+            "bins": bins,
+            "input": np.rint(counts).astype(int).tolist(),
+            "output": np.round(now.last_output.astype(float), 4).tolist(),
+        }
+
+
+async def send_events(
+    websocket: WebSocket,
+    session: Session,
+    partials: bool,
+    activity: ActivityReporter | None = None,
+) -> None:
     while True:
-        event = await session.events.get()
+        if activity is None:
+            event = await session.events.get()
+        else:
+            try:
+                event = await asyncio.wait_for(session.events.get(), ACTIVITY_INTERVAL_S)
+            except TimeoutError:
+                event = _NO_EVENT
+            message = activity.message(session.stream, flush=event is None)
+            if message is not None:
+                await websocket.send_json(message)
+            if event is _NO_EVENT:
+                continue
         if event is None:
             return
         if event.kind == "partial":
@@ -164,7 +217,8 @@ def _open(services, websocket: WebSocket, config: StreamConfig) -> tuple[Session
     session = services.scheduler.open(
         stream_options(config, recognizer.vocabulary, recognizer.n_channels)
     )
-    sender = asyncio.create_task(send_events(websocket, session, config.partials))
+    reporter = ActivityReporter(recognizer.bin_s) if config.activity else None
+    sender = asyncio.create_task(send_events(websocket, session, config.partials, reporter))
     return session, sender
 
 

@@ -1,0 +1,1054 @@
+"""Streaming load: N concurrent real-time WebSocket clients against ``spikeear serve``.
+
+Starts ``spikeear serve`` as a subprocess on a free loopback port (or uses a running
+server given with ``--url``), then opens ``--streams`` concurrent clients on
+``/v1/stream`` from one asyncio loop (uvloop when installed).  Every client streams
+``--seconds`` of real speech at real-time pace: s16le in 20 ms chunks, each sent at
+``t0 + k * 20 ms`` against a monotonic clock.  The audio is random in-vocabulary
+words (Speech Commands clips trimmed to the word) separated by 0.4-0.8 s of
+silence, as many as fit (3-4 per 5 s, ~15 per 20 s), so the ground truth (word,
+start, end) is known.  Clients
+ask for ``"unknown": true`` so that every detected segment yields a final.
+
+Measured:
+
+* partial latency: for a partial with ``time`` t (stream seconds at which it was
+  decided) = receive wallclock - send wallclock of the chunk holding stream time t;
+  p50 / p95 / max over all partials of all clients;
+* final latency: receive wallclock - send wallclock of the chunk holding the
+  final's ``end``.  This includes the decoder's hangover (by default 25 bins =
+  250 ms of quiet before a word is closed), so it is also shown less the hangover;
+  finals of words ending within the hangover of the stream's end (closed by the
+  ``eof`` flush) are counted, not timed;
+* correctness: a final matches a ground-truth word when its start..end overlaps
+  it (one-to-one, largest overlap first); word accuracy = matched with the right
+  word / ground-truth words; coverage = ground-truth words with any final;
+* dropped audio: every client must get ``{"type": "eof"}`` and a normal close; the
+  server's ``spikeear_audio_seconds_total{endpoint="v1"}`` must grow by exactly the
+  audio sent; with ``--verify K`` (default 3) the finals of K streams are compared,
+  after the load, with an in-process ``Recognizer.transcribe`` of the same audio
+  (the recognizer is chunking-invariant, so they must be identical);
+* server CPU (psutil user+system time of the server process over the streaming
+  window, as cores and as a share of this machine's cores) and peak RSS (sampled
+  every 0.2 s); the client's own CPU and how late it sent chunks (so a slow client
+  shows up as such, not as server latency).
+
+``--sweep 1,10,50,100`` repeats the run (fresh server each time unless ``--url``)
+and shows server CPU per stream falling as load rises.  Targets: 100 concurrent
+real-time streams with partial p95 <= 200 ms and no audio dropped.
+
+Without a trained model at ``models/spikeear-default.pt`` pass ``--model PATH`` or
+``--random-model`` (an untrained network of the default size: timings are
+representative, word accuracy is not).  Needs ``psutil`` and ``websockets``.
+
+Run from the repository root::
+
+    python benchmarks/load.py                          # 100 streams x 20 s
+    python benchmarks/load.py --streams 5 --seconds 5 --random-model
+    python benchmarks/load.py --sweep 1,10,50,100 --json > load.json
+    python benchmarks/load.py --url ws://127.0.0.1:8000/v1/stream --streams 20
+
+Other benchmarks import the clip and sequence helpers of this file
+(``ClipLibrary``, ``build_sequence``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech_commands"
+FIXTURES = REPO / "tests" / "fixtures"
+RATE = 16000
+CHUNK_S = 0.02
+CHUNK = round(RATE * CHUNK_S)
+TARGET_STREAMS = 100
+TARGET_P95_S = 0.200
+
+
+def _hangover_s() -> float:
+    """Quiet time after which the shipped decoder closes a word."""
+    from models.decoding import DecoderConfig
+
+    config = DecoderConfig()
+    if hasattr(config, "hangover_s"):
+        return float(config.hangover_s)
+    return config.hangover_bins * 0.01  # older decoders counted 10 ms bins
+
+
+HANGOVER_S = _hangover_s()
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+# =========================================================================== clips
+
+
+@dataclass(frozen=True)
+class Clip:
+    word: str
+    source: str
+    audio: np.ndarray  # float32 at RATE: the word with short padding, faded in and out
+    onset: float  # seconds into ``audio`` where the word starts (ground truth)
+    offset: float  # ... and ends
+
+
+def word_bounds(
+    audio: np.ndarray, top_db: float = 35.0, frame_s: float = 0.02, hop_s: float = 0.01
+) -> tuple[int, int, float]:
+    """Word extent on a clean clip: frames within ``top_db`` of the loudest frame.
+
+    Returns (first sample, end sample, peak-to-floor dB), the floor being the 10th
+    percentile of frame power (a clip with a high floor is too noisy to trust).
+    """
+    frame, hop = round(frame_s * RATE), round(hop_s * RATE)
+    n = 1 + max(0, (len(audio) - frame) // hop)
+    index = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
+    index = np.minimum(index, len(audio) - 1)
+    power_db = 10 * np.log10((audio[index].astype(np.float64) ** 2).mean(axis=1) + 1e-12)
+    peak = power_db.max()
+    active = np.flatnonzero(power_db >= peak - top_db)
+    start, end = int(active[0] * hop), min(len(audio), int(active[-1] * hop + frame))
+    return start, end, float(peak - np.percentile(power_db, 10))
+
+
+def _read(path: Path) -> np.ndarray:
+    import soxr
+
+    from audio_frontend.audio_io import load_audio
+
+    audio, rate = load_audio(path)
+    if rate != RATE:
+        audio = soxr.resample(audio, rate, RATE).astype(np.float32)
+    return audio.astype(np.float32)
+
+
+def _fixture_word(path: Path) -> str | None:
+    name = path.stem
+    if name.startswith("noise_"):
+        return None
+    if name.startswith("fsdd_"):  # fsdd_<digit>_<speaker>_<n>
+        digit = name.split("_")[1]
+        return DIGIT_NAMES[int(digit)] if digit.isdigit() else None
+    return name.split("_")[0]
+
+
+class ClipLibrary:
+    """Trimmed word clips and background-noise clips from a data folder (or the fixtures)."""
+
+    def __init__(
+        self,
+        data: Path | None,
+        words: tuple[str, ...],
+        per_word: int = 12,
+        seed: int = 0,
+        top_db: float = 35.0,
+        min_snr_db: float = 25.0,
+        pad_s: float = 0.02,
+    ) -> None:
+        rng = random.Random(seed)
+        self.clips: list[Clip] = []
+        self.noise: list[np.ndarray] = []
+        self.rejected = 0
+        candidates: list[tuple[str, Path]] = []
+        noise_files: list[Path] = []
+        if data is not None and not data.is_dir():
+            raise SystemExit(f"--data {data}: not a folder")
+        if data is not None:
+            self.source = str(data)
+            for word in words:
+                files = sorted((data / word).glob("*.wav"))
+                rng.shuffle(files)
+                candidates += [(word, f) for f in files[: per_word * 2]]
+            noise_files = sorted((data / "_silence_").glob("*.wav"))
+            rng.shuffle(noise_files)
+            noise_files = noise_files[:40]
+        else:
+            self.source = f"{FIXTURES} (no data folder)"
+            for f in sorted(FIXTURES.glob("*.wav")):
+                word = _fixture_word(f)
+                if word in words:
+                    candidates.append((word, f))
+            noise_files = sorted(FIXTURES.glob("noise_*.wav"))
+        taken: dict[str, int] = {}
+        for word, path in candidates:
+            if taken.get(word, 0) >= per_word:
+                continue
+            audio = _read(path)
+            if len(audio) < RATE // 4:
+                self.rejected += 1
+                continue
+            start, end, snr = word_bounds(audio, top_db)
+            if snr < min_snr_db or not 0.12 <= (end - start) / RATE <= 0.95:
+                self.rejected += 1
+                continue
+            pad = round(pad_s * RATE)
+            a, b = max(0, start - pad), min(len(audio), end + pad)
+            piece = audio[a:b].copy()
+            fade = min(round(0.005 * RATE), len(piece) // 4)
+            ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, fade, dtype=np.float32))
+            piece[:fade] *= ramp
+            piece[-fade:] *= ramp[::-1]
+            self.clips.append(Clip(word, path.name, piece, (start - a) / RATE, (end - a) / RATE))
+            taken[word] = taken.get(word, 0) + 1
+        for path in noise_files:
+            noise = _read(path)
+            if len(noise) and np.abs(noise).max() > 0:
+                self.noise.append(noise)
+        if not self.clips:
+            raise SystemExit(f"no usable word clips for {words} in {self.source}")
+
+    @property
+    def words(self) -> list[str]:
+        return sorted({c.word for c in self.clips})
+
+
+@dataclass
+class Sequence:
+    audio: np.ndarray  # float32 at RATE
+    words: list[tuple[str, float, float]]  # ground truth: word, start s, end s
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / RATE
+
+    def s16le(self) -> bytes:
+        return (np.clip(self.audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+
+
+def build_sequence(
+    library: ClipLibrary,
+    rng: random.Random,
+    seconds: float | None = None,
+    n_words: int | None = None,
+    gap: tuple[float, float] = (0.4, 0.8),
+    lead: float = 0.3,
+    tail: float = 0.6,
+) -> Sequence:
+    """Random words separated by silence: ``n_words`` of them, or as many as fit ``seconds``.
+
+    A sequence always holds at least one word; with ``seconds`` it is padded with
+    silence to exactly that length (or longer if one word does not fit).
+    """
+    parts: list[np.ndarray] = [np.zeros(round(lead * RATE), np.float32)]
+    pos = len(parts[0])
+    truth: list[tuple[str, float, float]] = []
+    sources = []
+    while True:
+        clip = rng.choice(library.clips)
+        need = len(clip.audio) + round(tail * RATE)
+        if truth:
+            if n_words is not None and len(truth) >= n_words:
+                break
+            silence = round(rng.uniform(*gap) * RATE)
+            if seconds is not None and pos + silence + need > seconds * RATE:
+                break
+            parts.append(np.zeros(silence, np.float32))
+            pos += silence
+        truth.append((clip.word, pos / RATE + clip.onset, pos / RATE + clip.offset))
+        sources.append(clip.source)
+        parts.append(clip.audio)
+        pos += len(clip.audio)
+    end = max(pos + round(tail * RATE), round((seconds or 0) * RATE))
+    parts.append(np.zeros(end - pos, np.float32))
+    return Sequence(np.concatenate(parts), truth, sources)
+
+
+def match_words(
+    truth: list[tuple[str, float, float]], finals: list[tuple[str, float, float]]
+) -> dict:
+    """One-to-one matching by time overlap (largest first); counts of each outcome."""
+    pairs = []
+    for i, (_, ts, te) in enumerate(truth):
+        for j, (_, fs, fe) in enumerate(finals):
+            overlap = min(te, fe) - max(ts, fs)
+            if overlap > 0:
+                pairs.append((overlap, i, j))
+    used_t, used_f, correct, substituted = set(), set(), 0, 0
+    for _, i, j in sorted(pairs, reverse=True):
+        if i in used_t or j in used_f:
+            continue
+        used_t.add(i)
+        used_f.add(j)
+        if truth[i][0] == finals[j][0]:
+            correct += 1
+        else:
+            substituted += 1
+    return {
+        "truth": len(truth),
+        "finals": len(finals),
+        "correct": correct,
+        "substituted": substituted,
+        "missed": len(truth) - len(used_t),
+        "inserted": len(finals) - len(used_f),
+    }
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None, "mean": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "n": len(a),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+    }
+
+
+# =========================================================================== models
+
+
+def default_bin_ms() -> float:
+    """The network bin width ``spikeear train`` uses by default."""
+    import dataclasses
+
+    with contextlib.suppress(ImportError, KeyError):
+        from training.train import TrainConfig
+
+        return float({f.name: f for f in dataclasses.fields(TrainConfig)}["bin_ms"].default)
+    return 10.0
+
+
+def make_random_model(path: Path, seed: int = 0, bin_ms: float | None = None) -> Path:
+    """An untrained network of the default size whose batch norms have seen data.
+
+    ``bin_ms`` defaults to the training default (``spikeear train --bin-ms``), with
+    the neuron time constants training would use for it.
+    """
+    import torch
+
+    from audio_frontend.cochlea import CochleaConfig
+    from models.model_file import ModelBundle
+    from models.network import Classifier, NetworkConfig
+    from models.vocabulary import DEFAULT_VOCABULARY
+
+    bin_ms = default_bin_ms() if bin_ms is None else bin_ms
+    extra: dict = {}
+    with contextlib.suppress(ImportError):
+        from training import train as training
+
+        if hasattr(training, "time_constants"):
+            extra = training.time_constants(bin_ms)
+    torch.manual_seed(seed)
+    network = Classifier(NetworkConfig(**extra))
+    network.train()
+    with torch.no_grad():
+        for _ in range(3):
+            network(torch.poisson(torch.rand(8, 30, 64) * 4 * bin_ms / 10))
+    network.eval()
+    card = {"name": "random-untrained (benchmark only)"}
+    ModelBundle(network, CochleaConfig(), DEFAULT_VOCABULARY, bin_ms, card).save(path)
+    return path
+
+
+def resolve_model(args: argparse.Namespace, workdir: Path) -> str | None:
+    """The model file to serve/verify: --model, a random one, or the bundled default."""
+    if args.random_model:
+        return str(make_random_model(workdir / "random-model.pt", bin_ms=args.random_bin_ms))
+    if args.model:
+        return args.model
+    default = REPO / "models" / "spikeear-default.pt"
+    if default.exists():
+        return str(default)
+    return None
+
+
+# =========================================================================== server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    host = urlparse(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"refusing to contact non-loopback host {host!r}")
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+class ServerProcess:
+    """``spikeear serve`` in a subprocess on a free loopback port; stopped on exit."""
+
+    def __init__(
+        self,
+        model: str,
+        log_path: Path,
+        startup_timeout: float = 90.0,
+        threads: int | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--model", model, "--log-level", "warning"]
+        env = dict(os.environ)
+        if threads is not None:  # torch's intra-op pool reads these at startup
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.process.pid
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"server exited at startup; see {log_path}:\n{self.log_tail()}")
+            try:
+                http_get(f"{self.base}/health", timeout=2.0)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise SystemExit(f"server not up after {startup_timeout:.0f} s") from None
+                time.sleep(0.2)
+
+    def log_tail(self, n: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+def pid_listening_on(port: int) -> int | None:
+    import psutil
+
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return conn.pid
+    return None
+
+
+class ProcessMonitor:
+    """CPU time and peak RSS of one process, sampled in a thread every ``interval`` s."""
+
+    def __init__(self, pid: int | None, interval: float = 0.2) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid) if pid is not None else None
+        self.interval = interval
+        self.peak_rss = 0
+        self.samples: list[tuple[float, float, int]] = []  # (monotonic, cpu s, rss)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> tuple[float, float, int] | None:
+        if self.process is None:
+            return None
+        try:
+            with self.process.oneshot():
+                cpu = self.process.cpu_times()
+                rss = self.process.memory_info().rss
+        except Exception:
+            return None
+        sample = (time.monotonic(), cpu.user + cpu.system, rss)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.samples.append(sample)
+        return sample
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample()
+        self._thread.start()
+
+    def mark(self) -> tuple[float, float, int] | None:
+        return self._sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()
+
+
+def cpu_between(a: tuple | None, b: tuple | None) -> dict:
+    if a is None or b is None or b[0] <= a[0]:
+        return {"cpu_s": None, "wall_s": None, "cores": None}
+    cpu, wall = b[1] - a[1], b[0] - a[0]
+    return {"cpu_s": cpu, "wall_s": wall, "cores": cpu / wall}
+
+
+def scrape_metrics(base: str) -> dict:
+    """A few counters from the server's Prometheus text (zeros when absent)."""
+    try:
+        text = http_get(f"{base}/metrics")
+    except OSError:
+        return {}
+    out = {}
+    for name, pattern in {
+        "audio_seconds_v1": r'^spikeear_audio_seconds_total\{endpoint="v1"\} (\S+)',
+        "partial_latency_sum": r"^spikeear_partial_latency_seconds_sum (\S+)",
+        "partial_latency_count": r"^spikeear_partial_latency_seconds_count (\S+)",
+    }.items():
+        found = re.search(pattern, text, re.MULTILINE)
+        out[name] = float(found.group(1)) if found else 0.0
+    for kind, value in re.findall(r'^spikeear_errors_total\{kind="([^"]+)"\} (\S+)', text, re.M):
+        out[f"errors_{kind}"] = float(value)
+    return out
+
+
+# =========================================================================== clients
+
+
+@dataclass
+class ClientResult:
+    index: int
+    sequence: Sequence
+    send_times: list[float] = field(default_factory=list)
+    send_late: list[float] = field(default_factory=list)
+    eof_sent: float | None = None
+    events: list[tuple[float, dict]] = field(default_factory=list)
+    got_eof: bool = False
+    close_code: int | None = None
+    error: str | None = None
+    connected_at: float | None = None
+    done_at: float | None = None
+
+
+def chunk_of(t: float) -> int:
+    """Index of the 20 ms chunk holding stream time t (the sample just before t)."""
+    return max(0, math.ceil(round(t / CHUNK_S, 6)) - 1)
+
+
+async def run_client(
+    result: ClientResult, url: str, start_at: float, partials: bool, timeout: float
+) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    pcm = result.sequence.s16le()
+    chunks = [pcm[i : i + 2 * CHUNK] for i in range(0, len(pcm), 2 * CHUNK)]
+
+    async def receive(ws) -> None:
+        try:
+            async for message in ws:
+                now = time.monotonic()
+                if isinstance(message, bytes):
+                    continue
+                event = json.loads(message)
+                result.events.append((now, event))
+                if event.get("type") == "eof":
+                    result.got_eof = True
+        except ConnectionClosed:
+            pass
+
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    try:
+        async with asyncio.timeout(timeout):
+            async with connect(
+                url, open_timeout=30, close_timeout=10, ping_interval=None, max_size=2**22
+            ) as ws:
+                result.connected_at = time.monotonic()
+                config = {"sample_rate": RATE, "format": "s16le", "partials": partials}
+                await ws.send(json.dumps({"config": {**config, "unknown": True}}))
+                receiver = asyncio.create_task(receive(ws))
+                t0 = time.monotonic()
+                for k, chunk in enumerate(chunks):
+                    target = t0 + k * CHUNK_S
+                    delay = target - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    now = time.monotonic()
+                    result.send_times.append(now)
+                    result.send_late.append(now - target)
+                    await ws.send(chunk)
+                result.eof_sent = time.monotonic()
+                await ws.send(json.dumps({"eof": 1}))
+                await receiver
+                result.close_code = ws.close_code
+    except TimeoutError:
+        result.error = f"timed out after {timeout:.0f} s"
+    except Exception as error:  # a failed client is a result, not a crash
+        result.error = f"{type(error).__name__}: {error}"
+    result.done_at = time.monotonic()
+
+
+def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict:
+    partial_lat, final_lat, finals, flushed = [], [], [], 0
+    sends = result.send_times
+    for received, event in result.events:
+        kind = event.get("type")
+        if kind == "partial" and sends:
+            k = chunk_of(event["time"])
+            sent = sends[k] if k < len(sends) else result.eof_sent
+            if sent is not None:
+                partial_lat.append(received - sent)
+        elif kind == "final":
+            finals.append((event["word"], event["start"], event["end"]))
+            # Only a word ending within the hangover of the stream's end waits for eof.
+            if event["end"] + hangover_s > result.sequence.seconds + 1e-6:
+                flushed += 1
+            elif sends:
+                k = min(chunk_of(event["end"]), len(sends) - 1)
+                final_lat.append(received - sends[k])
+    return {
+        "partial_latency": partial_lat,
+        "final_latency": final_lat,
+        "finals": finals,
+        "flushed_finals": flushed,
+        "match": match_words(result.sequence.words, finals),
+        "ok": result.got_eof and result.close_code == 1000 and result.error is None,
+        "complete": len(sends) == math.ceil(len(result.sequence.audio) / CHUNK),
+    }
+
+
+def verify_offline(model: str, results: list[ClientResult], k: int) -> dict:
+    """Finals of the first k streams vs an in-process transcription of the same audio."""
+    from models.model_file import load_model
+    from models.recognizer import Recognizer, StreamOptions
+
+    recognizer = Recognizer(load_model(model))
+    checked, identical, details = 0, 0, []
+    for result in results[:k]:
+        if not result.got_eof:
+            continue
+        pcm = np.frombuffer(result.sequence.s16le(), "<i2")
+        options = StreamOptions(sample_rate=RATE, emit_unknown=True)
+        offline = recognizer.transcribe(
+            [pcm[i : i + 10 * RATE] for i in range(0, len(pcm), 10 * RATE)], RATE, options
+        )
+        want = [(w.word, round(w.start, 3), round(w.end, 3)) for w in offline.words]
+        got = [(e["word"], e["start"], e["end"]) for _, e in result.events if e["type"] == "final"]
+        checked += 1
+        identical += want == got
+        if want != got:
+            details.append({"stream": result.index, "offline": want, "streamed": got})
+    return {"checked": checked, "identical": identical, "differences": details[:3]}
+
+
+async def run_load(
+    url: str,
+    sequences: list[Sequence],
+    ramp: float,
+    partials: bool,
+    timeout: float,
+    monitor: ProcessMonitor | None,
+) -> tuple[list[ClientResult], dict]:
+    import psutil
+
+    me = psutil.Process()
+    results = [ClientResult(i, s) for i, s in enumerate(sequences)]
+    n = len(results)
+    start = time.monotonic() + 0.2
+    mark0 = monitor.mark() if monitor else None
+    own0 = (time.monotonic(), sum(me.cpu_times()[:2]))
+    # Loop lag: how late a 10 ms timer fires, sampled while the clients run.
+    lag: list[float] = []
+    stop = asyncio.Event()
+
+    async def lag_probe() -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            lag.append(time.monotonic() - t - 0.01)
+
+    probe = asyncio.create_task(lag_probe())
+    await asyncio.gather(
+        *(
+            run_client(r, url, start + ramp * i / max(1, n), partials, timeout)
+            for i, r in enumerate(results)
+        )
+    )
+    stop.set()
+    await probe
+    mark1 = monitor.mark() if monitor else None
+    own1 = (time.monotonic(), sum(me.cpu_times()[:2]))
+    window = {
+        "server": cpu_between(mark0, mark1),
+        "client_cpu_s": own1[1] - own0[1],
+        "client_cores": (own1[1] - own0[1]) / (own1[0] - own0[0]),
+        "wall_s": own1[0] - own0[0],
+        "loop_lag": percentiles(lag),
+    }
+    return results, window
+
+
+# =========================================================================== one run
+
+
+def one_run(
+    args: argparse.Namespace, n: int, library: ClipLibrary, model: str | None, workdir: Path
+) -> dict:
+    rng = random.Random(args.seed * 1000 + n)
+    sequences = [build_sequence(library, rng, seconds=args.seconds) for _ in range(n)]
+    server = None
+    if args.url:
+        ws_url = args.url
+        parsed = urlparse(ws_url)
+        base = f"http://{parsed.hostname}:{parsed.port or 80}"
+        pid = args.server_pid or pid_listening_on(parsed.port or 80)
+    else:
+        if model is None:
+            raise SystemExit(
+                "no model: models/spikeear-default.pt does not exist; "
+                "pass --model PATH or --random-model"
+            )
+        server = ServerProcess(model, workdir / f"server-{n}.log", threads=args.server_threads)
+        ws_url = f"ws://127.0.0.1:{server.port}/v1/stream"
+        base, pid = server.base, server.pid
+    monitor, bin_ms = None, None
+    try:
+        with contextlib.suppress(Exception):
+            monitor = ProcessMonitor(pid) if pid is not None else None
+        if monitor:
+            monitor.start()
+        before = scrape_metrics(base)
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            bin_ms = float(json.loads(http_get(f"{base}/v1/models"))["models"][0]["bin_ms"])
+        idle0 = monitor.mark() if monitor else None
+        time.sleep(1.0)  # idle baseline of the server
+        idle = cpu_between(idle0, monitor.mark() if monitor else None)
+        timeout = args.seconds * 1.5 + args.ramp + 60
+        loop_run = _event_loop_runner(args.no_uvloop)
+        results, window = loop_run(
+            run_load(ws_url, sequences, args.ramp, not args.no_partials, timeout, monitor)
+        )
+        time.sleep(0.3)
+        after = scrape_metrics(base)
+        if monitor:
+            monitor.stop()
+    finally:
+        if server is not None:
+            server.stop()
+    # The decoder counts its hangover in whole bins.
+    hangover_s = HANGOVER_S
+    if bin_ms:
+        hangover_s = max(1, round(HANGOVER_S / (bin_ms / 1000))) * bin_ms / 1000
+    per_client = [analyse_client(r, hangover_s) for r in results]
+    partial_lat = [x for c in per_client for x in c["partial_latency"]]
+    final_lat = [x for c in per_client for x in c["final_latency"]]
+    totals = {
+        key: sum(c["match"][key] for c in per_client)
+        for key in ("truth", "finals", "correct", "substituted", "missed", "inserted")
+    }
+    sent_audio = sum(len(r.send_times) * CHUNK for r in results) / RATE
+    audio_delta = (
+        after.get("audio_seconds_v1", 0) - before.get("audio_seconds_v1", 0) if after else None
+    )
+    errors = sorted({r.error for r in results if r.error})
+    verification = None
+    if args.verify and model and (args.model or not args.url):
+        verification = verify_offline(model, results, args.verify)
+    server_cpu = window["server"]
+    cores = os.cpu_count() or 1
+    late = [x for r in results for x in r.send_late]
+    report = {
+        "streams": n,
+        "seconds_per_stream": args.seconds,
+        "audio_s_sent": sent_audio,
+        "words_per_stream": totals["truth"] / max(1, n),
+        "latency_partial_s": percentiles(partial_lat),
+        "latency_final_from_word_end_s": percentiles(final_lat),
+        "hangover_s": hangover_s,
+        "bin_ms": bin_ms,
+        "latency_final_less_hangover_s": percentiles([x - hangover_s for x in final_lat]),
+        "finals_flushed_at_eof": sum(c["flushed_finals"] for c in per_client),
+        "words": {
+            **totals,
+            "accuracy": totals["correct"] / max(1, totals["truth"]),
+            "coverage": (totals["correct"] + totals["substituted"]) / max(1, totals["truth"]),
+        },
+        "dropped": {
+            "clients_ok": sum(c["ok"] for c in per_client),
+            "clients_all_audio_sent": sum(c["complete"] for c in per_client),
+            "clients_without_eof": sum(not r.got_eof for r in results),
+            "errors": errors[:5],
+            "server_audio_seconds_delta": audio_delta,
+            "audio_seconds_sent": sent_audio,
+            "server_counted_all_audio": (
+                abs(audio_delta - sent_audio) < 1e-3 if audio_delta is not None else None
+            ),
+            "offline_verification": verification,
+        },
+        "server": {
+            "pid": pid,
+            "idle_cores": idle["cores"],
+            "cpu_s": server_cpu["cpu_s"],
+            "cores": server_cpu["cores"],
+            "machine_share": server_cpu["cores"] / cores if server_cpu["cores"] else None,
+            "core_percent_per_stream": (
+                100 * server_cpu["cores"] / n if server_cpu["cores"] is not None else None
+            ),
+            "cpu_s_per_audio_s": (
+                server_cpu["cpu_s"] / sent_audio if server_cpu["cpu_s"] and sent_audio else None
+            ),
+            "peak_rss_mb": monitor.peak_rss / 2**20 if monitor else None,
+            "own_partial_latency_mean_s": (
+                (after["partial_latency_sum"] - before.get("partial_latency_sum", 0))
+                / max(1.0, after["partial_latency_count"] - before.get("partial_latency_count", 0))
+                if after
+                else None
+            ),
+            "errors": {k: v for k, v in after.items() if k.startswith("errors_")},
+        },
+        "client": {
+            "cpu_s": window["client_cpu_s"],
+            "cores": window["client_cores"],
+            "send_late_s": percentiles(late),
+            "loop_lag_s": window["loop_lag"],
+            "wall_s": window["wall_s"],
+        },
+        "machine": {"cpu_count": cores, "load_avg_1m": os.getloadavg()[0]},
+    }
+    if server is not None and not all(c["ok"] for c in per_client):
+        report["server"]["log_tail"] = server.log_tail()
+    return report
+
+
+def _event_loop_runner(no_uvloop: bool):
+    if not no_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            return uvloop.run
+    return asyncio.run
+
+
+def verdict(report: dict) -> dict:
+    lat = report["latency_partial_s"]["p95"]
+    dropped = report["dropped"]
+    no_drop = (
+        dropped["clients_ok"] == report["streams"]
+        and dropped["clients_all_audio_sent"] == report["streams"]
+        and dropped["server_counted_all_audio"] is not False
+        and (
+            dropped["offline_verification"] is None
+            or dropped["offline_verification"]["identical"]
+            == dropped["offline_verification"]["checked"]
+        )
+    )
+    return {
+        "streams_at_target": report["streams"] >= TARGET_STREAMS,
+        "p95_within_target": lat is not None and lat <= TARGET_P95_S,
+        "no_audio_dropped": no_drop,
+        "client_kept_pace": (report["client"]["send_late_s"]["p95"] or 0) < 0.02,
+    }
+
+
+# =========================================================================== report
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}"
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def print_report(runs: list[dict], meta: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(
+        f"[bold]Clips[/]: {meta['clips']} word clips ({meta['clip_words']} words) from "
+        f"{meta['clip_source']}; model: {meta['model']}"
+    )
+    table = Table(title="spikeear /v1/stream under real-time load (20 ms s16le chunks)")
+    table.add_column("")
+    for r in runs:
+        table.add_column(f"{r['streams']} x {r['seconds_per_stream']:g} s", justify="right")
+
+    def row(name: str, fn) -> None:
+        table.add_row(name, *(fn(r) for r in runs))
+
+    def lat(key: str):
+        return lambda r: "{}/{}/{} ms (n={})".format(
+            _ms(r[key]["p50"]), _ms(r[key]["p95"]), _ms(r[key]["max"]), r[key]["n"]
+        )
+
+    def verified(r: dict) -> str:
+        v = r["dropped"]["offline_verification"]
+        return f"{v['identical']}/{v['checked']}" if v else "-"
+
+    counted = {True: "yes", False: "NO", None: "-"}
+    row("partial latency p50/p95/max", lat("latency_partial_s"))
+    row("final latency from word end", lat("latency_final_from_word_end_s"))
+    row("  ... less the decoder's hangover", lat("latency_final_less_hangover_s"))
+    row(
+        "  (hangover, network bin)",
+        lambda r: "{} ms, {} ms".format(
+            _ms(r["hangover_s"]), "-" if r["bin_ms"] is None else f"{r['bin_ms']:g}"
+        ),
+    )
+    row("finals only at eof", lambda r: str(r["finals_flushed_at_eof"]))
+    row("ground-truth words", lambda r: f"{r['words']['truth']}")
+    row("word accuracy", lambda r: f"{r['words']['accuracy']:.3f}")
+    row("coverage (word got a final)", lambda r: f"{r['words']['coverage']:.3f}")
+    row("inserted finals", lambda r: str(r["words"]["inserted"]))
+    row("clients eof + normal close", lambda r: f"{r['dropped']['clients_ok']}/{r['streams']}")
+    row("server counted all audio", lambda r: counted[r["dropped"]["server_counted_all_audio"]])
+    row("streamed == offline finals", verified)
+    row("server CPU (cores)", lambda r: _num(r["server"]["cores"]))
+    row(
+        "server CPU % of machine",
+        lambda r: (
+            _num(100 * r["server"]["machine_share"], ".0f")
+            if r["server"]["machine_share"] is not None
+            else "-"
+        ),
+    )
+    row(
+        "server CPU % of one core / stream",
+        lambda r: _num(r["server"]["core_percent_per_stream"], ".1f"),
+    )
+    row("server CPU s / audio s", lambda r: _num(r["server"]["cpu_s_per_audio_s"], ".4f"))
+    row("server peak RSS MB", lambda r: _num(r["server"]["peak_rss_mb"], ".0f"))
+    row("client CPU (cores)", lambda r: _num(r["client"]["cores"]))
+    row(
+        "client send lateness p95/max",
+        lambda r: "{}/{} ms".format(
+            _ms(r["client"]["send_late_s"]["p95"]), _ms(r["client"]["send_late_s"]["max"])
+        ),
+    )
+    row(
+        "load avg (1 min) / cores",
+        lambda r: "{:.1f} / {}".format(r["machine"]["load_avg_1m"], r["machine"]["cpu_count"]),
+    )
+    console.print(table)
+    for r in runs:
+        v = verdict(r)
+        mark = lambda ok: "[green]yes[/]" if ok else "[red]NO[/]"  # noqa: E731
+        console.print(
+            f"{r['streams']} streams: {TARGET_STREAMS} streams {mark(v['streams_at_target'])}, "
+            f"partial p95 <= {TARGET_P95_S * 1000:.0f} ms {mark(v['p95_within_target'])}, "
+            f"no audio dropped {mark(v['no_audio_dropped'])}, "
+            f"client kept pace {mark(v['client_kept_pace'])}"
+        )
+        if r["dropped"]["errors"]:
+            console.print(f"  [red]client errors[/]: {r['dropped']['errors']}")
+        if r["server"].get("log_tail"):
+            console.print(f"  server log tail:\n{r['server']['log_tail']}")
+        diffs = (r["dropped"]["offline_verification"] or {}).get("differences")
+        if diffs:
+            console.print(f"  [red]streamed != offline[/]: {diffs[0]}")
+    console.print(
+        "Partial latency = receive - send of the chunk holding the partial's time; final "
+        "latency = receive - send of the chunk holding the word end (includes the decoder's "
+        "hangover). Server CPU is over the streaming window, normalise by the machine's cores "
+        "for a share of the machine."
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=100, help="concurrent clients")
+    p.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
+    p.add_argument("--sweep", help="comma-separated stream counts, e.g. 1,10,50,100")
+    p.add_argument("--url", help="ws://127.0.0.1:PORT/v1/stream of a running server")
+    p.add_argument("--server-pid", type=int, help="with --url: the server's pid for CPU/RSS")
+    p.add_argument(
+        "--server-threads",
+        type=int,
+        help="OMP_NUM_THREADS/MKL_NUM_THREADS for the started server (default: inherited)",
+    )
+    p.add_argument("--model", help="model file to serve (default: models/spikeear-default.pt)")
+    p.add_argument("--random-model", action="store_true", help="serve an untrained network")
+    p.add_argument("--random-bin-ms", type=float, help="its bin (default: the training default)")
+    p.add_argument("--data", help="Speech Commands layout folder (default: ../shared/data/...)")
+    p.add_argument("--clips-per-word", type=int, default=12)
+    p.add_argument("--ramp", type=float, default=1.0, help="spread client starts over this")
+    p.add_argument("--verify", type=int, default=3, help="streams checked against offline")
+    p.add_argument("--no-partials", action="store_true", help="ask the server for no partials")
+    p.add_argument("--no-uvloop", action="store_true", help="use the stdlib asyncio loop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the results as JSON only")
+    args = p.parse_args(argv)
+    if args.url and urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        p.error("--url must point at a loopback address")
+    if args.seconds <= 0 or args.seconds > 600:
+        p.error("--seconds must be in (0, 600]")
+    counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.streams]
+    if any(not 1 <= c <= 1000 for c in counts):
+        p.error("stream counts must be between 1 and 1000")
+    args.counts = counts
+    return args
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="spikeear-load-") as tmp:
+        yield Path(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # One file per process: the client must not run out of descriptors at 1000 streams.
+    with contextlib.suppress(Exception):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
+    from models.vocabulary import DEFAULT_VOCABULARY, FILLERS
+
+    data = Path(args.data) if args.data else (DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
+    words = tuple(w for w in DEFAULT_VOCABULARY if w not in FILLERS)
+    library = ClipLibrary(data, words, per_word=args.clips_per_word, seed=args.seed)
+    with _workdir() as workdir:
+        model = resolve_model(args, workdir)
+        runs = []
+        for n in args.counts:
+            if not args.json:
+                print(f"running {n} streams x {args.seconds:g} s ...", file=sys.stderr)
+            runs.append(one_run(args, n, library, model, workdir))
+    meta = {
+        "clips": len(library.clips),
+        "clip_words": len(library.words),
+        "clip_source": library.source,
+        "model": "random untrained network" if args.random_model else (model or args.url),
+    }
+    if args.json:
+        for r in runs:
+            r["verdict"] = verdict(r)
+        print(json.dumps({"meta": meta, "runs": runs}, indent=2))
+    else:
+        print_report(runs, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
