@@ -166,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
     from models.model_file import load_model
-    from training.evaluate import evaluate
+    from training.evaluate import card_markdown, evaluate
 
     bundle = load_model(args.model)
     results = evaluate(bundle, args.data, Path(args.out_dir), args.split, args.cache_dir)
@@ -177,7 +177,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             "command": "spikeear evaluate " + " ".join(f"--data {d}" for d in args.data),
             **results,
         }
-        bundle.save(args.model or DEFAULT_MODEL_PATH)
+        model_path = Path(args.model or DEFAULT_MODEL_PATH)
+        bundle.save(model_path)
+        card_path = model_path.with_name(
+            "MODEL_CARD.md" if args.model is None else model_path.stem + ".card.md"
+        )
+        card_path.write_text(card_markdown(bundle))
+        print(f"model card written to {model_path} and {card_path}")
     if args.json:
         print(json.dumps(results))
         return

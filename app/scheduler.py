@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
+logger = logging.getLogger(__name__)
 
 
 class Session:
@@ -35,6 +38,7 @@ class Session:
         self._idle.set()
         self._arrivals: deque[tuple[int, float]] = deque()  # (bins ready after chunk, arrival)
         self._lock = asyncio.Lock()
+        self.error: str | None = None
 
     @property
     def pending_bins(self) -> int:
@@ -48,6 +52,8 @@ class Session:
 
     async def _feed(self, work: Callable[[], int]) -> None:
         arrival = time.perf_counter()
+        if self.error is not None:
+            raise RuntimeError(self.error)
         async with self._lock:  # keep one stream's chunks in order
             await asyncio.to_thread(work)
             self._arrivals.append((self.stream.bins_done + len(self.stream.ready), arrival))
@@ -71,6 +77,13 @@ class Session:
         while len(self._arrivals) > 1 and self._arrivals[0][0] < bin_count:
             self._arrivals.popleft()
         return self._arrivals[0][1] if self._arrivals else time.perf_counter()
+
+    def fail(self, reason: str) -> None:
+        """Take the session out of scheduling; its next feed raises ``reason``."""
+        self.error = reason
+        self.scheduler.sessions.discard(self)
+        self.stream.ready.clear()
+        self._idle.set()
 
     def close(self) -> None:
         self.scheduler.sessions.discard(self)
@@ -118,10 +131,20 @@ class StreamScheduler:
             await self._wake.wait()
             self._wake.clear()
             while True:
-                ready = [s for s in self.sessions if s.stream.ready][:MAX_BATCH]
+                ready = [s for s in self.sessions if s.stream.ready]
                 if not ready:
                     break
-                results = await asyncio.to_thread(self.recognizer.step, [s.stream for s in ready])
+                if len(ready) > MAX_BATCH:  # the streams furthest behind go first
+                    ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
+                try:
+                    results = await asyncio.to_thread(
+                        self.recognizer.step, [s.stream for s in ready]
+                    )
+                except Exception as error:  # a bug must not stall every other stream
+                    logger.exception("network step failed")
+                    for session in ready:
+                        session.fail(f"recognition failed: {error}")
+                    continue
                 self.batches += 1
                 self.batched_steps += len(ready)
                 for session, events in zip(ready, results, strict=True):

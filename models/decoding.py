@@ -70,6 +70,7 @@ class Decoder:
         self.max_word_bins = max(1, round(config.max_word_s / bin_s))
         self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
         self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
+        self.silence = np.array([w == SILENCE for w in vocabulary])
 
     def new_state(self, words: list[str] | None = None) -> DecoderState:
         """``words`` restricts what may be reported (the fillers always stay)."""
@@ -124,10 +125,21 @@ class Decoder:
         return self._final(state) if state.in_word else []
 
     def _scores(self, state: DecoderState) -> np.ndarray:
-        scores = np.where(state.allowed, state.evidence, 0.0)
+        """Shares of the evidence among the speech classes this stream may report.
+
+        Silence is left out so that the quiet bins of a segment do not dilute the
+        word's confidence; it wins only through :meth:`_silence_wins`.
+        """
+        scores = np.where(state.allowed & ~self.silence, state.evidence, 0.0)
         return scores / max(scores.sum(), 1e-9)
 
+    def _silence_wins(self, state: DecoderState) -> bool:
+        speech = np.where(state.allowed & ~self.silence, state.evidence, 0.0)
+        return bool(np.any(self.silence)) and state.evidence[self.silence].max() > speech.max()
+
     def _partial(self, state: DecoderState) -> list[WordEvent]:
+        if self._silence_wins(state):
+            return []
         scores = self._scores(state)
         leader = int(scores.argmax())
         if leader == state.leader:
@@ -153,6 +165,8 @@ class Decoder:
         state.onset_history = []
         cfg = self.config
         if state.last_active_bin - state.start_bin + 1 < self.min_word_bins:
+            return []
+        if self._silence_wins(state):
             return []
         scores = self._scores(state)
         order = np.argsort(scores)[::-1]

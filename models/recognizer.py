@@ -27,7 +27,7 @@ from models.vocabulary import SILENCE, UNKNOWN
 
 PICOJOULES_PER_AC = 0.9  # 45 nm accumulate (Horowitz 2014)
 PICOJOULES_PER_MAC = 4.6  # 45 nm multiply-accumulate
-SEGMENT_BINS = 50  # idle streams may be reset only at multiples of this many bins
+MAX_SEQUENCE_BINS = 500  # bounds memory when a long recording is drained at once
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class Recognizer:
         """Advance each stream by one ready bin, all in one network batch (step mode)."""
         if not streams:
             return []
-        bins = np.stack([s.ready.pop(0) for s in streams])
+        bins = np.stack([s.ready[0] for s in streams])
         rows = torch.tensor([s.row for s in streams])
         with self.pool.lock:
             evidence, state, activity = self.network.step(
@@ -169,23 +169,26 @@ class Recognizer:
             self.pool.scatter(rows, state)
         probabilities = evidence.softmax(-1).numpy()
         layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)  # [streams, layers]
-        return [
-            self._decode(stream, bins[i : i + 1], probabilities[i : i + 1], layer_spikes[i : i + 1])
-            for i, stream in enumerate(streams)
-        ]
+        results = []
+        for i, stream in enumerate(streams):
+            _, events = self._decode(
+                stream, bins[i : i + 1], probabilities[i : i + 1], layer_spikes[i : i + 1]
+            )
+            del stream.ready[0]
+            results.append(events)
+        return results
 
     @torch.no_grad()
     def drain(self, stream: Stream) -> list[WordEvent]:
         """Run one stream through all its ready bins (sequence mode, for batch work).
 
-        Gives the same events as stepping bin by bin: segments end where
-        :meth:`step` may reset an idle stream.
+        Gives the same events as stepping bin by bin: when the decoder resets the
+        network part-way through a sequence, the bins after the reset are run again
+        from rest.
         """
         events: list[WordEvent] = []
         while stream.ready:
-            n = min(len(stream.ready), SEGMENT_BINS - stream.bins_done % SEGMENT_BINS)
-            bins = np.stack(stream.ready[:n])
-            del stream.ready[:n]
+            bins = np.stack(stream.ready[:MAX_SEQUENCE_BINS])
             rows = torch.tensor([stream.row])
             with self.pool.lock:
                 evidence, state, activity = self.network(
@@ -194,36 +197,50 @@ class Recognizer:
                 self.pool.scatter(rows, state)
             probabilities = evidence[0].softmax(-1).numpy()
             layer_spikes = np.stack([a[0].sum(-1).numpy() for a in activity], axis=1)
-            events += self._decode(stream, bins, probabilities, layer_spikes)
+            used, new_events = self._decode(stream, bins, probabilities, layer_spikes)
+            del stream.ready[:used]
+            events += new_events
         return events
 
     def _decode(
         self, stream: Stream, bins: np.ndarray, probabilities: np.ndarray, layer_spikes: np.ndarray
-    ) -> list[WordEvent]:
-        """Per-bin bookkeeping after the network: accounting, decoding, idle reset."""
+    ) -> tuple[int, list[WordEvent]]:
+        """Per-bin bookkeeping after the network: accounting, decoding, resets.
+
+        Returns how many bins were used: all of them, or those up to a reset of the
+        network (the rest must go through the network again, from rest).
+        """
         events: list[WordEvent] = []
         activity = bins.sum(axis=1)
-        stream.hidden_spikes += int(layer_spikes.sum())
-        stream.synaptic_ops += int(activity.sum() * self._fan_out[0])
-        stream.synaptic_ops += int((layer_spikes @ self._fan_out[1:]).sum())
+        used = len(bins)
         for t in range(len(bins)):
+            word_was_open = stream.decoder.in_word
             events += self.decoder.step(stream.decoder, probabilities[t], float(activity[t]))
             stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
             stream.bins_done += 1
-        last_input = bins.sum(axis=0)
+            # Training clips start from rest: so does the network after each word and
+            # after a long pause, and no word's state leaks into the next.
+            if (word_was_open and not stream.decoder.in_word) or (
+                stream.idle_bins >= self._reset_after_bins
+            ):
+                stream.idle_bins = 0
+                with self.pool.lock:
+                    self.pool.reset(stream.row)
+                used = t + 1
+                break
+        stream.hidden_spikes += int(layer_spikes[:used].sum())
+        stream.synaptic_ops += int(activity[:used].sum() * self._fan_out[0])
+        stream.synaptic_ops += int((layer_spikes[:used] @ self._fan_out[1:]).sum())
+        last_input = bins[:used].sum(axis=0)
         previous = (
             stream.activity.input_counts if stream.activity is not None else np.zeros(bins.shape[1])
         )
         stream.activity = StreamActivity(
-            stream.bins_done, previous + last_input, last_input, probabilities[-1].copy()
+            stream.bins_done, previous + last_input, last_input, probabilities[used - 1].copy()
         )
-        # Training clips start from rest; after a long pause the stream returns there.
-        if stream.bins_done % SEGMENT_BINS == 0 and stream.idle_bins >= self._reset_after_bins:
-            with self.pool.lock:
-                self.pool.reset(stream.row)
-        if stream.finished and not stream.ready:
+        if stream.finished and len(stream.ready) <= used:
             events += self.decoder.flush(stream.decoder)
-        return self._visible(stream, events)
+        return used, self._visible(stream, events)
 
     def _visible(self, stream: Stream, events: list[WordEvent]) -> list[WordEvent]:
         keep = []

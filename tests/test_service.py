@@ -332,3 +332,27 @@ def test_transcribe_spike_file(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[0])["text"] == "yes"
+
+
+def test_a_failing_network_step_closes_only_that_stream(client, monkeypatch):
+    from models.recognizer import Recognizer
+
+    original = Recognizer.step
+    calls = {"n": 0}
+
+    def flaky(self, streams):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected fault")
+        return original(self, streams)
+
+    monkeypatch.setattr(Recognizer, "step", flaky)
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(pcm("yes").tobytes())
+        ws.send_bytes(pcm("yes").tobytes())
+        message = ws.receive_json()
+        assert message["type"] == "error" and "injected fault" in message["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1011
+    assert [w["word"] for w in finals(stream(client, sentence("no")))] == ["no"]

@@ -252,3 +252,80 @@ def evaluate(
     results["split"] = split
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def card_markdown(bundle: ModelBundle) -> str:
+    """The model card as Markdown, from the figures stored in the model file."""
+    card = bundle.card
+    training = card.get("training", {})
+    evaluation = card.get("evaluation", {})
+    native = evaluation.get("native", {})
+    lines = [
+        f"# Model card: {card.get('name', 'spikeear model')}",
+        "",
+        f"Recurrent adLIF spiking network ({bundle.network.config.kind}), hidden layers "
+        f"{list(bundle.network.config.hidden)}, {card.get('parameters', '?')} parameters; "
+        f"input: {bundle.frontend.channels} cochlear channels binned at {bundle.bin_ms:g} ms; "
+        f"vocabulary: {', '.join(bundle.vocabulary)}.",
+        "",
+        "## Training",
+        "",
+        f"`spikeear train {' '.join('--data ' + d for d in training.get('data', []))} "
+        f"--epochs {training.get('epochs')} --seed {training.get('seed')}` "
+        f"(lr {training.get('lr')}, batch {training.get('batch_size')}, "
+        f"{training.get('variants')} augmented variants per clip, "
+        f"device {training.get('device')}).",
+        "",
+        "| source | split | clips | speakers | synthetic |",
+        "|---|---|---|---|---|",
+    ]
+    for split in ("train", "validation"):
+        for source, figures in card.get("data", {}).get(split, {}).items():
+            lines.append(
+                f"| {source} | {split} | {figures['clips']} | {figures['speakers']} | "
+                f"{'yes' if figures.get('synthetic') else 'no'} |"
+            )
+    lines += ["", f"Split: {card.get('split', '')}.", ""]
+    if native:
+        early = native["early_decision"]
+        clip = native["per_clip"]
+        lines += [
+            "## Evaluation (speakers never heard in training)",
+            "",
+            f"Command: `{evaluation.get('command', 'spikeear evaluate')}`",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| in-vocabulary accuracy (20 words) | {native['in_vocabulary_accuracy']:.3f} |",
+            f"| overall accuracy (22 classes) | {native['accuracy']:.3f} |",
+            f"| `_unknown_` accuracy | {native['unknown_accuracy']} |",
+            f"| `_silence_` accuracy | {native['silence_accuracy']} |",
+        ]
+        for source, figures in native["per_source_in_vocabulary"].items():
+            lines.append(
+                f"| in-vocabulary, {source} | "
+                f"{figures['accuracy']:.3f} ({figures['clips']} clips) |"
+            )
+        if "band_limited_8k" in evaluation:
+            lines.append(
+                "| in-vocabulary, 16 kHz clips band-limited to 8 kHz | "
+                f"{evaluation['band_limited_8k']['in_vocabulary_accuracy']:.3f} |"
+            )
+        lines += [
+            f"| early decision: median share of the word heard | "
+            f"{early['median_fraction_of_word']:.2f} |",
+            f"| early decision: median time after word onset | "
+            f"{early['median_ms_after_onset']:.0f} ms |",
+            f"| input spikes per 1 s clip | {clip['input_spikes']:.0f} |",
+            f"| hidden spikes per clip | {clip['hidden_spikes']:.0f} |",
+            f"| synaptic operations per clip | {clip['synaptic_ops']:.3g} "
+            f"({clip['energy_uj_snn']:.3f} uJ at 0.9 pJ/AC) |",
+            f"| dense MACs of the same network | {clip['dense_macs']:.3g} "
+            f"({clip['energy_uj_dense']:.3f} uJ at 4.6 pJ/MAC) |",
+            "",
+            "Energy figures are the commonly cited 45 nm per-operation estimates (Horowitz 2014) "
+            "and ignore memory access.",
+        ]
+    for name, baseline in card.get("baselines", {}).items():
+        lines += ["", f"Baseline `{name}`: {baseline}"]
+    return "\n".join(lines) + "\n"

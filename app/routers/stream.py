@@ -11,6 +11,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from app.routers.common import (
+    CLOSE_INTERNAL,
     CLOSE_INVALID,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -202,6 +203,9 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         await close_with_error(websocket, error)
     except WebSocketDisconnect:
         services.metrics.errors.labels("ws_disconnect").inc()
+    except RuntimeError as error:  # the recognizer failed for this stream
+        services.metrics.errors.labels("ws_internal").inc()
+        await close_with_error(websocket, ProtocolError(CLOSE_INTERNAL, str(error)))
     finally:
         services.metrics.active_streams.labels("v1").dec()
         if session is not None:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from app.routers.common import (
+    CLOSE_INTERNAL,
     CLOSE_INVALID,
     CLOSE_NORMAL,
     CLOSE_TOO_BIG,
@@ -164,6 +165,9 @@ async def vosk_endpoint(websocket: WebSocket) -> None:
         await close_with_error(websocket, error, send_json=False)
     except WebSocketDisconnect:
         services.metrics.errors.labels("vosk_disconnect").inc()
+    except RuntimeError as error:  # the recognizer failed for this stream
+        services.metrics.errors.labels("vosk_internal").inc()
+        await close_with_error(websocket, ProtocolError(CLOSE_INTERNAL, str(error)), False)
     finally:
         services.metrics.active_streams.labels("vosk").dec()
         if vosk.session is not None:
