@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,12 @@ from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
 logger = logging.getLogger(__name__)
+
+
+class SessionFailed(NamedTuple):
+    """Put on a failed session's event queue, so that its transport ends it at once."""
+
+    reason: str
 
 
 class Session:
@@ -83,6 +90,7 @@ class Session:
         self.error = reason
         self.scheduler.sessions.discard(self)
         self.stream.ready.clear()
+        self.events.put_nowait(SessionFailed(reason))
         self._idle.set()
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from app.routers.common import (
     decode_spike_records,
     parse_json,
 )
-from app.scheduler import Session
+from app.scheduler import Session, SessionFailed
 from app.schemas import StreamConfig
 from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm
 from models.recognizer import Stream, StreamActivity, StreamOptions
@@ -122,6 +122,9 @@ async def send_events(
             if event is _NO_EVENT:
                 continue
         if event is None:
+            return
+        if isinstance(event, SessionFailed):
+            await close_with_error(websocket, ProtocolError(CLOSE_INTERNAL, event.reason))
             return
         if event.kind == "partial":
             if partials:

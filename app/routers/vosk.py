@@ -23,7 +23,7 @@ from app.routers.common import (
     close_with_error,
     parse_json,
 )
-from app.scheduler import Session
+from app.scheduler import Session, SessionFailed
 from app.schemas import VoskConfig
 from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm
 from models.decoding import WordEvent
@@ -85,6 +85,8 @@ class VoskSession:
         finals = []
         while not session.events.empty():
             event = session.events.get_nowait()
+            if isinstance(event, SessionFailed):
+                raise RuntimeError(event.reason)
             if event.kind == "final":
                 finals.append(event)
                 self.partial = ""
