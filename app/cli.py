@@ -158,8 +158,10 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
                 print(
                     f"{path}: {result['text'] or '(no words)'}" + (f"  [{words}]" if words else "")
                 )
-    if failures:
+    if failures > 1 or (failures and len(args.files) > 1):
         raise CliError(f"{failures} of {len(args.files)} files could not be transcribed")
+    if failures:
+        raise SystemExit(2)  # the one error is already printed
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
