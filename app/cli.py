@@ -107,12 +107,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from app.settings import Settings
 
     settings = Settings(model_path=args.model, max_upload_bytes=args.max_upload_mb * 1024 * 1024)
-    app = create_app(settings)
+    app = create_app(settings)  # also checks the model before any worker starts
     print(
         f"spikeear: serving on http://{args.host}:{args.port} (demo page at /, API docs at /docs)"
     )
+    if args.workers > 1:
+        # Streams are spread over processes by the kernel; each has its own scheduler.
+        settings.to_environment()
+        app = "app.server:app_from_environment"
     uvicorn.run(
         app,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         ws_max_size=settings.max_message_bytes,
@@ -257,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--max-upload-mb", type=int, default=50, help="batch upload size limit")
+    p.add_argument("--workers", type=int, default=1, help="server processes (use one per CPU core)")
     p.add_argument("--log-level", default="info")
 
     p = command("transcribe", cmd_transcribe, "Transcribe audio files (or SHD spike files).")

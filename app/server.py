@@ -60,3 +60,8 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=422)
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --workers``: each worker process builds its own app."""
+    return create_app(Settings.from_environment())

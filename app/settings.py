@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass
+
+ENVIRONMENT_KEY = "SPIKEEAR_SETTINGS"  # hands the settings to worker processes
 
 
 @dataclass(frozen=True)
@@ -11,3 +15,10 @@ class Settings:
     max_upload_bytes: int = 50 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024  # one WebSocket message
     max_pending_seconds: float = 5.0  # audio a stream may have queued before it must wait
+
+    def to_environment(self) -> None:
+        os.environ[ENVIRONMENT_KEY] = json.dumps(asdict(self))
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        return cls(**json.loads(os.environ.get(ENVIRONMENT_KEY, "{}")))

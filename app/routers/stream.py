@@ -108,6 +108,17 @@ async def send_events(
     partials: bool,
     activity: ActivityReporter | None = None,
 ) -> None:
+    """Forward a session's events to its client until the end-of-stream marker."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client is gone
+        await _forward_events(websocket, session, partials, activity)
+
+
+async def _forward_events(
+    websocket: WebSocket,
+    session: Session,
+    partials: bool,
+    activity: ActivityReporter | None,
+) -> None:
     while True:
         if activity is None:
             event = await session.events.get()
