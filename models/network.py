@@ -193,7 +193,7 @@ class RecurrentLayer(nn.Module):
         else:  # binary: no membrane memory, {0, 1} activations
             out = spike(current + 1.0)
             new_state = AdLIFState(current, state.w, out)
-        return self.dropout(out), new_state
+        return (self.dropout(out) if self.training else out), new_state
 
 
 def _uniform_decay(n: int, tau_min: float, tau_max: float) -> torch.Tensor:

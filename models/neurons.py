@@ -35,7 +35,11 @@ class SpikeFunction(torch.autograd.Function):
         return grad * ((membrane - THRESHOLD).abs() < 0.5).to(grad.dtype)
 
 
-spike = SpikeFunction.apply
+def spike(membrane: torch.Tensor) -> torch.Tensor:
+    """Heaviside at the threshold; the surrogate gradient only where gradients are wanted."""
+    if torch.is_grad_enabled() and membrane.requires_grad:
+        return SpikeFunction.apply(membrane)
+    return (membrane >= THRESHOLD).to(membrane.dtype)  # inference: skip autograd bookkeeping
 
 
 class AdLIFState(NamedTuple):

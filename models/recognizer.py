@@ -27,7 +27,7 @@ from models.vocabulary import SILENCE, UNKNOWN
 
 PICOJOULES_PER_AC = 0.9  # 45 nm accumulate (Horowitz 2014)
 PICOJOULES_PER_MAC = 4.6  # 45 nm multiply-accumulate
-MAX_SEQUENCE_BINS = 500  # bounds memory when a long recording is drained at once
+MAX_SEQUENCE_BINS = 25  # a reset part-way wastes at most this many bins of work
 
 
 @dataclass(frozen=True)
