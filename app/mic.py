@@ -19,7 +19,6 @@ import contextlib
 import json
 import math
 import queue
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -477,24 +476,3 @@ def _run(source, recognizer, display: Display, plain: Any) -> None:
     except KeyboardInterrupt:
         pass  # stop listening; the last word is still finished below
     show(recognizer.finish())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m app.mic`` (the same as ``spikeear mic``)."""
-    from app.cli import CliError
-
-    parser = argparse.ArgumentParser(prog="spikeear mic", description=__doc__.splitlines()[0])
-    add_mic_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        cmd_mic(args)
-    except CliError as error:
-        print(f"spikeear mic: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -69,7 +69,7 @@ from models.recognizer import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, Recognizer
 from models.vocabulary import DEFAULT_VOCABULARY, is_word
 from training.augment import place
 from training.data import Clip, describe, discover, split_by_speaker
-from training.evaluate import HEARD_FRACTIONS, evaluate_rasters
+from training.evaluate import evaluate_rasters, plot_heard_curve
 from training.features import (
     CLIP_SECONDS,
     FeatureSet,
@@ -495,26 +495,12 @@ def plot_snr(results: list[Result], snrs: tuple[float, ...], out: Path) -> None:
 
 
 def plot_heard(results: list[Result], out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        ax.plot(
-            HEARD_FRACTIONS * 100,
-            r.heard_curve * 100,
-            marker="o",
-            ms=3,
-            label=r.entry.name,
-            color=COLOURS[r.kind],
-        )
-    ax.axvline(100, color="grey", ls="--", lw=0.8)
-    ax.set_xlabel("share of the word heard (%)")
-    ax.set_ylabel("running prediction correct (%)")
-    ax.set_title("Accuracy versus share of the word heard (20 words, unseen speakers)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    plot_heard_curve(
+        {r.entry.name: r.heard_curve for r in results},
+        out,
+        title="Accuracy versus share of the word heard (20 words, unseen speakers)",
+        colours={r.entry.name: COLOURS[r.kind] for r in results},
+    )
 
 
 def _log_bars(ax, x: np.ndarray, values: list[float], fmt, **style) -> None:

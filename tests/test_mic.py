@@ -17,7 +17,7 @@ import soundfile as sf
 import uvicorn
 from rich.console import Console
 
-from app import mic
+from app import cli, mic
 from app.cli import CliError
 from app.server import create_app
 from app.settings import Settings
@@ -61,7 +61,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = mic.main(argv)
+    code = cli.main(["mic", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 

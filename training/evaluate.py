@@ -174,14 +174,26 @@ def plot_confusion(
     plt.close(fig)
 
 
-def plot_heard_curve(curves: dict[str, np.ndarray], out: Path) -> None:
+def plot_heard_curve(
+    curves: dict[str, np.ndarray],
+    out: Path,
+    title: str = "Accuracy versus time heard (in-vocabulary words, unseen speakers)",
+    colours: dict[str, str] | None = None,
+) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, curve in curves.items():
-        ax.plot(HEARD_FRACTIONS * 100, np.array(curve) * 100, marker="o", ms=3, label=name)
+        ax.plot(
+            HEARD_FRACTIONS * 100,
+            np.array(curve) * 100,
+            marker="o",
+            ms=3,
+            label=name,
+            color=(colours or {}).get(name),
+        )
     ax.axvline(100, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("share of the word heard (%)")
     ax.set_ylabel("running prediction correct (%)")
-    ax.set_title("Accuracy versus time heard (in-vocabulary words, unseen speakers)")
+    ax.set_title(title)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
