@@ -67,9 +67,17 @@ def bin_events(
     if n_bins is None:
         n_bins = int(index.max()) + 1 if index.size else 0
     keep = (index >= 0) & (index < n_bins)
-    raster = np.zeros((n_bins, events.n_channels), np.float32)
-    np.add.at(raster, (index[keep], events.channels[keep]), 1.0)
-    return raster
+    return count_cells(index[keep], events.channels[keep], n_bins, events.n_channels)
+
+
+def count_cells(rows: np.ndarray, columns: np.ndarray, n_rows: int, n_columns: int) -> np.ndarray:
+    """How often each (row, column) pair occurs, as float32 ``[n_rows, n_columns]``.
+
+    ``np.bincount`` over flat indices: far faster than ``np.add.at`` on the hot path.
+    """
+    flat = rows.astype(np.int64) * n_columns + columns
+    counts = np.bincount(flat, minlength=n_rows * n_columns)
+    return counts.reshape(n_rows, n_columns).astype(np.float32)
 
 
 class SpikeBinner:
@@ -98,7 +106,7 @@ class SpikeBinner:
                 grown = np.zeros((needed, self.n_channels), np.float32)
                 grown[: len(self._pending)] = self._pending
                 self._pending = grown
-            np.add.at(self._pending, (index, events.channels), 1.0)
+            self._pending[:needed] += count_cells(index, events.channels, needed, self.n_channels)
         complete = complete_until_sample // self.bin_samples - self.next_bin
         return self._take(max(0, complete))
 
