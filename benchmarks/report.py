@@ -49,7 +49,6 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +59,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from models.model_file import ModelBundle, ModelFileError, load_model
@@ -80,6 +78,7 @@ from training.features import (
     _worker_cochlea,
     _worker_noises,
     build_features,
+    run_cochlea_jobs,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,19 +223,18 @@ def build_noisy_features(
         data = np.load(path)
         return data["rasters"], data["ok"]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    rasters = np.zeros((len(clips), len(snrs), spec.n_bins, spec.frontend.channels), np.uint8)
-    ok = np.zeros(len(clips), bool)
     jobs = [
         (i, c.path, spec, noise_paths, tuple(snrs), _clip_seed(c, seed))
         for i, c in enumerate(clips)
     ]
-    with Progress(console=console) as progress, ProcessPoolExecutor(workers) as pool:
-        task = progress.add_task("cochlea: noisy validation clips", total=len(jobs))
-        for index, result in pool.map(_noisy_worker, jobs, chunksize=8):
-            if result is not None:
-                rasters[index] = result
-                ok[index] = True
-            progress.advance(task)
+    rasters, ok = run_cochlea_jobs(
+        _noisy_worker,
+        jobs,
+        (len(snrs), spec.n_bins, spec.frontend.channels),
+        "cochlea: noisy validation clips",
+        workers=workers,
+        console=console,
+    )
     np.savez(path, rasters=rasters, ok=ok)
     return rasters, ok
 

@@ -145,19 +145,38 @@ def build_features(
         data = np.load(path)
         return FeatureSet(data["rasters"], labels, data["ok"])
     variants = spec.variants if augmented else 0
-    rasters = np.zeros((len(clips), variants + 1, spec.n_bins, spec.frontend.channels), np.uint8)
-    ok = np.zeros(len(clips), bool)
     jobs = [
         (i, c.path, spec, variants, band_limited, noise_paths, _clip_seed(c, seed))
         for i, c in enumerate(clips)
     ]
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    with Progress() as progress, ProcessPoolExecutor(workers) as pool:
-        task = progress.add_task(f"cochlea: {description}", total=len(jobs))
-        for index, result in pool.map(_clip_worker, jobs, chunksize=16):
+    rasters, ok = run_cochlea_jobs(
+        _clip_worker, jobs, (variants + 1, spec.n_bins, spec.frontend.channels),
+        f"cochlea: {description}",
+    )  # fmt: skip
+    np.savez(path, rasters=rasters, ok=ok)
+    return FeatureSet(rasters, labels, ok)
+
+
+def run_cochlea_jobs(
+    worker,
+    jobs: list[tuple],
+    shape: tuple[int, ...],
+    description: str,
+    workers: int | None = None,
+    console=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``worker(job) -> (index, rasters | None)`` over processes with a progress bar.
+
+    Returns uint8 rasters ``[jobs, *shape]`` and which jobs succeeded.
+    """
+    rasters = np.zeros((len(jobs), *shape), np.uint8)
+    ok = np.zeros(len(jobs), bool)
+    workers = workers or max(1, min(os.cpu_count() or 1, 8))
+    with Progress(console=console) as progress, ProcessPoolExecutor(workers) as pool:
+        task = progress.add_task(description, total=len(jobs))
+        for index, result in pool.map(worker, jobs, chunksize=8):
             if result is not None:
                 rasters[index] = result
                 ok[index] = True
             progress.advance(task)
-    np.savez(path, rasters=rasters, ok=ok)
-    return FeatureSet(rasters, labels, ok)
+    return rasters, ok
