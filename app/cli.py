@@ -72,31 +72,68 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(events)} spikes plotted")
 
 
+def _train_config(args: argparse.Namespace, **extra):
+    from training.train import TrainConfig
+
+    return TrainConfig(
+        data=args.data or [],
+        out=args.out,
+        seed=args.seed,
+        bin_ms=args.bin_ms,
+        variants=args.variants,
+        cache_dir=args.cache_dir,
+        max_clips=args.max_clips,
+        **extra,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.train import TrainConfig, train
+    from training.train import train
 
     if args.epochs < 1:
         raise CliError("--epochs must be at least 1")
-    config = TrainConfig(
-        data=args.data,
-        out=args.out,
+    if bool(args.data) == bool(args.features):
+        raise CliError("give either --data folders or one --features pack")
+    if not 0 <= args.distill < 1:
+        raise CliError("--distill must be in [0, 1)")
+    config = _train_config(
+        args,
         epochs=args.epochs,
-        seed=args.seed,
         resume=args.resume,
         kind=args.kind,
         hidden=tuple(args.hidden),
         batch_size=args.batch_size,
         lr=args.lr,
-        variants=args.variants,
-        bin_ms=args.bin_ms,
         threads=args.threads,
-        cache_dir=args.cache_dir,
-        max_clips=args.max_clips,
+        features=args.features,
+        early_weight=args.early_weight,
+        rate_weight=args.rate_weight,
+        distill_weight=args.distill,
+        teacher=args.teacher,
+        teacher_epochs=args.teacher_epochs,
+        teacher_width=args.teacher_width,
+        time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
     )
     bundle = train(config)
     print(
         f"{args.out}: {bundle.network.parameter_count()} parameters, "
         f"{len(bundle.vocabulary)} classes"
+    )
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from audio_frontend.cochlea import CochleaConfig
+    from training.features import FeatureSpec, save_pack
+    from training.train import load_datasets
+
+    config = _train_config(args)
+    spec = FeatureSpec(CochleaConfig(channels=config.channels), config.bin_ms, config.variants)
+    summaries, train_set, val_set = load_datasets(config, spec)
+    save_pack(args.out, spec, config.vocabulary, train_set, val_set, summaries, args.max_variants)
+    size_mb = Path(args.out).stat().st_size / 1e6
+    print(
+        f"{args.out}: {len(train_set.labels)} training and {len(val_set.labels)} "
+        f"validation clips, {size_mb:.1f} MB"
     )
 
 
@@ -235,6 +272,21 @@ def cmd_mic(args: argparse.Namespace) -> None:
     run(args)
 
 
+def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "--data",
+        action="append",
+        required=required,
+        metavar="DIR",
+        help="Speech Commands or FSDD layout folder (repeat to mix sources)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
+    p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
+    p.add_argument("--cache-dir", default="cache", help="where spike features are cached")
+    p.add_argument("--max-clips", type=int, help="use a random subset (smoke tests)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikeear",
@@ -295,16 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_mic_arguments(p)
 
     p = command("train", cmd_train, "Train a classifier on folders of labelled clips.")
-    p.add_argument(
-        "--data",
-        action="append",
-        required=True,
-        metavar="DIR",
-        help="Speech Commands or FSDD layout folder (repeat to mix sources)",
-    )
+    add_data_arguments(p, required=False)
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
+    p.add_argument("--features", metavar="PACK", help="train from a feature pack instead of --data")
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from MODEL's checkpoint")
     p.add_argument(
         "--kind",
@@ -315,11 +361,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="layer sizes")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
-    p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
+    p.add_argument("--early-weight", type=float, default=0.0, help="early-decision loss weight")
+    p.add_argument("--rate-weight", type=float, default=0.5, help="firing-rate bound weight")
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="share of the loss given to a convolutional teacher's soft targets (e.g. 0.7)",
+    )
+    p.add_argument("--teacher", metavar="FILE", help="trained teacher (default: train one first)")
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument(
+        "--teacher-width", type=int, default=32, help="teacher channels (16: 5x faster on CPU)"
+    )
+    p.add_argument("--time-budget-min", type=float, help="fit the epochs into this many minutes")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--cache-dir", default="cache", help="where spike features are cached")
-    p.add_argument("--max-clips", type=int, help="use a random subset (smoke tests)")
+
+    p = command(
+        "features", cmd_features, "Write a feature pack: cochlear features of a training split."
+    )
+    add_data_arguments(p, required=True)
+    p.add_argument("--out", required=True, metavar="PACK.npz")
+    p.add_argument(
+        "--max-variants", type=int, help="keep the clean copy and this many minus one augmented"
+    )
     return parser
 
 

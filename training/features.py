@@ -22,7 +22,7 @@ from audio_frontend.audio_io import AudioError, load_audio
 from audio_frontend.cochlea import Cochlea, CochleaConfig
 from audio_frontend.events import bin_events
 from training.augment import augment, band_limit, place
-from training.data import Clip
+from training.data import Clip, DataError
 
 CLIP_SECONDS = 1.0
 
@@ -180,3 +180,55 @@ def run_cochlea_jobs(
                 ok[index] = True
             progress.advance(task)
     return rasters, ok
+
+
+PACK_VERSION = 1
+
+
+def save_pack(
+    path: str | Path,
+    spec: FeatureSpec,
+    vocabulary: tuple[str, ...],
+    train: FeatureSet,
+    val: FeatureSet,
+    summaries: dict,
+    max_variants: int | None = None,
+) -> None:
+    """Write a self-contained feature pack: train on another machine without the audio.
+
+    ``max_variants`` keeps the clean copy and the first augmented ones, to fit a
+    size limit (compressed, a 1 s clip with 4 copies takes about 5 kB).
+    """
+    meta = {
+        "version": PACK_VERSION,
+        "frontend": spec.frontend.to_dict(),
+        "bin_ms": spec.bin_ms,
+        "vocabulary": list(vocabulary),
+        "summaries": summaries,
+    }
+    np.savez_compressed(
+        path,
+        meta=np.array(json.dumps(meta)),
+        train_rasters=train.rasters[:, :max_variants],
+        train_labels=train.labels,
+        train_ok=train.ok,
+        val_rasters=val.rasters,
+        val_labels=val.labels,
+        val_ok=val.ok,
+    )
+
+
+def load_pack(path: str | Path) -> tuple[dict, FeatureSet, FeatureSet]:
+    """``(meta, train, val)`` from :func:`save_pack`'s file."""
+    try:
+        data = np.load(path)
+        meta = json.loads(str(data["meta"]))
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{path}: not a spikeear feature pack ({error})") from None
+    if meta.get("version") != PACK_VERSION:
+        raise DataError(f"{path}: feature pack version {meta.get('version')}, need {PACK_VERSION}")
+    train, val = (
+        FeatureSet(data[f"{part}_rasters"], data[f"{part}_labels"], data[f"{part}_ok"])
+        for part in ("train", "val")
+    )
+    return meta, train, val

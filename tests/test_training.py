@@ -1,0 +1,113 @@
+"""Training end to end on a tiny folder: features, feature packs, a distilled student."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from audio_frontend.cochlea import CochleaConfig
+from models.model_file import load_model
+from models.vocabulary import DEFAULT_VOCABULARY
+from tests.conftest import FIXTURES
+from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
+
+
+@pytest.fixture(scope="module")
+def speech_folder(tmp_path_factory):
+    """The fixture clips in the Speech Commands layout (two speakers), plus one unreadable clip."""
+    root = tmp_path_factory.mktemp("data") / "speech_commands"
+    for path in FIXTURES.glob("*_nohash_*.wav"):
+        word, rest = path.name.split("_", 1)
+        (root / word).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / word / rest)
+    (root / "_silence_").mkdir()
+    shutil.copy(FIXTURES / "noise_1037.wav", root / "_silence_" / "noise_1037.wav")
+    (root / "yes" / "0cb74144_nohash_9.wav").write_text("not audio")
+    return root
+
+
+def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
+    pack = tmp_path / "pack.npz"
+    cache = str(tmp_path / "cache")
+    argv = ["--data", str(speech_folder), "--variants", "1", "--cache-dir", cache]
+    assert main(["features", *argv, "--out", str(pack)]) == 0
+    meta, train, val = load_pack(pack)
+    assert train.rasters.shape[1:] == (2, 50, 64)  # clean + 1 variant, 1 s of 20 ms bins
+    assert val.rasters.shape[1:] == (1, 50, 64)
+    assert len(train.labels) + len(val.labels) == 7
+    assert int((~train.ok).sum() + (~val.ok).sum()) == 1  # the unreadable clip, skipped
+    assert train.rasters[train.ok].sum() > 0
+    assert meta["summaries"]["train"]["speech_commands"]["speakers"] >= 1
+
+    model = tmp_path / "student.pt"
+    train_args = ["--features", str(pack), "--out", str(model), "--epochs", "2"]
+    train_args += ["--batch-size", "2", "--distill", "0.5", "--teacher-epochs", "1"]
+    assert main(["train", *train_args]) == 0
+    assert "skipped 1 unreadable clips" in capsys.readouterr().out
+    bundle = load_model(model)
+    assert bundle.vocabulary == DEFAULT_VOCABULARY
+    assert 0 <= bundle.card["training"]["teacher_validation_accuracy"] <= 1
+    assert bundle.card["data"] == meta["summaries"]
+    log = [line for line in model.with_suffix(".log.jsonl").read_text().splitlines() if line]
+    assert len(log) == 2
+    assert model.with_suffix(".teacher.pt").exists()
+
+    # A second student reuses the saved teacher instead of training one.
+    reused = tmp_path / "reused.pt"
+    args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
+    args += ["--distill", "0.5", "--teacher", str(model.with_suffix(".teacher.pt"))]
+    assert main(["train", *args]) == 0
+    assert not reused.with_suffix(".teacher.pt").exists()
+
+
+def _tiny_pack(path, bin_ms: float = 20.0) -> None:
+    spec = FeatureSpec(CochleaConfig(), bin_ms, 0)
+    rng = np.random.default_rng(0)
+    part = FeatureSet(
+        rng.integers(0, 5, (4, 1, spec.n_bins, 64)).astype(np.uint8),
+        np.arange(4),
+        np.ones(4, bool),
+    )
+    save_pack(path, spec, DEFAULT_VOCABULARY, part, part, {})
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--bin-ms", "10"], "made for"),
+        (["--data", "{dir}"], "either --data folders or one --features pack"),
+        (["--distill", "1.5"], "--distill"),
+    ],
+)
+def test_training_bad_input(tmp_path, extra, message):
+    pack = tmp_path / "pack.npz"
+    _tiny_pack(pack)
+    extra = [a.format(dir=tmp_path) for a in extra]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "train",
+            "--features",
+            str(pack),
+            "--out",
+            "m.pt",
+            *extra,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_pack_is_refused(tmp_path):
+    (tmp_path / "notes.npz").write_text("hello")
+    assert main(["train", "--features", str(tmp_path / "notes.npz"), "--out", "m.pt"]) == 2
