@@ -266,6 +266,24 @@ def evaluate(
     return results
 
 
+def train_command(training: dict) -> str:
+    """The ``spikeear train`` command line that a card's training settings describe."""
+    words = ["spikeear train"]
+    words += [f"--data {d}" for d in training.get("data", [])]
+    if training.get("features"):  # a pack written by ``spikeear features`` from the sources below
+        words.append(f"--features {Path(training['features']).name}")
+    words += [f"--kind {training.get('kind', 'spiking')}"]
+    words += ["--hidden " + " ".join(str(n) for n in training.get("hidden", []))]
+    if training.get("distill_weight"):
+        words.append(f"--distill {training['distill_weight']}")
+        words.append(f"--teacher-epochs {training.get('teacher_epochs')}")
+        words.append(f"--teacher-width {training.get('teacher_width', 32)}")
+    if training.get("early_weight"):
+        words.append(f"--early-weight {training['early_weight']}")
+    words.append(f"--epochs {training.get('epochs')} --seed {training.get('seed')}")
+    return " ".join(words)
+
+
 def card_markdown(bundle: ModelBundle) -> str:
     """The model card as Markdown, from the figures stored in the model file."""
     card = bundle.card
@@ -282,12 +300,25 @@ def card_markdown(bundle: ModelBundle) -> str:
         "",
         "## Training",
         "",
-        f"`spikeear train {' '.join('--data ' + d for d in training.get('data', []))} "
-        f"--epochs {training.get('epochs')} --seed {training.get('seed')}` "
+        (
+            "`spikeear features --data ...` (the sources below), then "
+            if training.get("features")
+            else ""
+        )
+        + f"`{train_command(training)}` "
         f"(lr {training.get('lr')}, batch {training.get('batch_size')}, "
         f"{training.get('variants')} augmented variants per clip, "
         f"device {training.get('device')}).",
         "",
+        *(
+            [
+                "Distilled from a convolutional teacher on the same features "
+                f"(validation accuracy {training['teacher_validation_accuracy']:.3f}, 22 classes).",
+                "",
+            ]
+            if "teacher_validation_accuracy" in training
+            else []
+        ),
         "| source | split | clips | speakers | synthetic |",
         "|---|---|---|---|---|",
     ]
