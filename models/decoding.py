@@ -45,7 +45,8 @@ class WordEvent(NamedTuple):
 @dataclass
 class DecoderState:
     allowed: np.ndarray  # bool [classes]: words this stream may report
-    floor: float = -1.0
+    floor: float = -1.0  # set by the first bin
+    provisional_level: float = 0.0  # > 0 while the word opened by a loud first bin is unconfirmed
     bin_index: int = 0
     run: int = 0  # consecutive active bins
     quiet: int = 0  # quiet bins since the word's last active bin
@@ -89,22 +90,34 @@ class Decoder:
         """Advance one bin: ``probabilities`` of the classes, ``activity`` = input spikes."""
         cfg = self.config
         events: list[WordEvent] = []
-        if state.floor < 0 or activity < state.floor:
+        first_bin = state.floor < 0
+        if first_bin or activity < state.floor:
             state.floor = activity
         else:
             state.floor += self.floor_rise * (activity - state.floor)
         active = activity >= max(self.min_activity, cfg.floor_ratio * state.floor)
+        if first_bin and activity >= self.min_activity:
+            # A loud start is either a word already under way (a trimmed recording)
+            # or steady background noise: hold a provisional word from bin 0.
+            self._open(state, [])
+            state.provisional_level = activity
+        elif state.provisional_level:
+            if activity >= cfg.floor_ratio * state.provisional_level:
+                # A clear rise above the opening level: that level was background (or
+                # a soft beginning), so the word starts here.  The network goes on
+                # without a reset: the rise may be the middle of the word.
+                state.provisional_level = 0.0
+                self._open(state, [])
+            else:  # the provisional word lasts while the input stays near its level
+                active = activity >= max(
+                    self.min_activity, state.provisional_level / cfg.floor_ratio
+                )
         # While idle, keep the last bins: a word's evidence starts at its onset.
         if not state.in_word:
             state.onset_history = [*state.onset_history, probabilities][-self.onset_bins :]
             state.run = state.run + 1 if active else 0
             if state.run >= self.onset_bins:
-                state.in_word = True
-                state.start_bin = state.bin_index - self.onset_bins + 1
-                state.last_active_bin = state.bin_index
-                state.quiet = 0
-                state.evidence = np.sum(state.onset_history, axis=0)
-                state.leader = -1
+                self._open(state, state.onset_history)
                 events += self._partial(state)
         else:
             state.evidence = state.evidence + probabilities
@@ -119,6 +132,15 @@ class Decoder:
                 events += self._final(state)
         state.bin_index += 1
         return events
+
+    def _open(self, state: DecoderState, onset: list[np.ndarray]) -> None:
+        """Open a word whose first bins are ``onset`` (ending at the current bin)."""
+        state.in_word = True
+        state.start_bin = state.bin_index - max(len(onset), 1) + 1
+        state.last_active_bin = state.bin_index
+        state.quiet = 0
+        state.evidence = np.sum(onset, axis=0) if onset else np.zeros(len(self.vocabulary))
+        state.leader = -1
 
     def flush(self, state: DecoderState) -> list[WordEvent]:
         """End of stream: finalise a word in progress."""
@@ -161,6 +183,7 @@ class Decoder:
 
     def _final(self, state: DecoderState) -> list[WordEvent]:
         state.in_word = False
+        state.provisional_level = 0.0
         state.run = 0
         state.onset_history = []
         cfg = self.config

@@ -151,7 +151,13 @@ class Recognizer:
         return len(stream.ready)
 
     def _finish(self, stream: Stream) -> None:
-        stream.ready.extend(stream.binner.flush())
+        tail = stream.binner.flush()
+        if len(tail) == 0 and not stream.ready and stream.decoder.in_word:
+            # The decoder finalises an open word after the stream's last bin; when the
+            # input ended exactly on a bin boundary that bin is already decoded, so the
+            # end of the stream counts as one bin of silence.
+            tail = [np.zeros(self.n_channels, np.float32)]
+        stream.ready.extend(tail)
         stream.finished = True
 
     # ----- stepping ---------------------------------------------------------------------

@@ -53,6 +53,20 @@ def test_background_floor_adapts(decoder):
     assert [e.word for e in events if e.kind == "final"][-1] == "yes"
 
 
+def test_a_word_at_the_very_start_is_found(decoder):
+    # Trimmed recordings start mid-word: the background is not the first bin's level.
+    events = run(decoder, [(40, YES, 1500), (60, SILENCE, 10)])
+    assert [e.word for e in events if e.kind == "final"] == ["yes"]
+
+
+def test_loud_noise_from_the_start_is_background_not_a_word(decoder):
+    assert run(decoder, [(300, SILENCE, 300)]) == []
+    events = run(decoder, [(100, SILENCE, 300), (40, YES, 1500), (60, SILENCE, 300)])
+    finals = [e for e in events if e.kind == "final"]
+    assert [e.word for e in finals] == ["yes"]
+    assert finals[0].start == pytest.approx(1.0, abs=0.011)
+
+
 def test_restricted_vocabulary(decoder):
     events = run(decoder, [(20, SILENCE, 0), (40, YES, 400), (60, SILENCE, 0)], words=["no", "up"])
     assert all(e.word != "yes" for e in events)
@@ -63,3 +77,42 @@ def test_restricted_vocabulary(decoder):
 def test_flush_finishes_a_word_in_progress(decoder):
     events = run(decoder, [(20, SILENCE, 0), (40, NO, 400)])
     assert events[-1].kind == "final" and events[-1].word == "no"
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    from models.model_file import load_model
+    from models.recognizer import Recognizer
+
+    return Recognizer(load_model())
+
+
+def _words(recognizer, audio: np.ndarray, rate: int) -> list[str]:
+    from models.recognizer import StreamOptions
+
+    transcript = recognizer.transcribe([audio], rate, StreamOptions(sample_rate=rate))
+    return [w.word for w in transcript.words]
+
+
+def _yes() -> tuple[np.ndarray, int, int, int]:
+    """The "yes" fixture with the first and last sample of its loud part."""
+    import soundfile as sf
+
+    from tests.conftest import fixture_path
+
+    audio, rate = sf.read(fixture_path("yes"), dtype="float32")
+    envelope = np.convolve(np.abs(audio), np.ones(320) / 320, "same")
+    loud = np.flatnonzero(envelope > 0.1 * envelope.max())
+    return audio, rate, int(loud[0]), int(loud[-1])
+
+
+def test_a_recording_that_ends_mid_word_on_a_bin_boundary_keeps_the_word(recognizer):
+    audio, rate, start, end = _yes()
+    bin_samples = round(recognizer.bin_s * rate)
+    cut = (start + end) // 2 // bin_samples * bin_samples  # mid-word, on a bin boundary
+    assert _words(recognizer, audio[:cut], rate) == ["yes"]
+
+
+def test_a_recording_that_starts_mid_word_keeps_the_word(recognizer):
+    audio, rate, start, _ = _yes()
+    assert _words(recognizer, audio[start:], rate) == ["yes"]
