@@ -12,6 +12,9 @@ every validation clip through that path, once, and counts per clip:
   emitted (the stream asks for ``_unknown_`` finals, which count as right);
 * ``_silence_`` (background noise): right when nothing is emitted.
 
+For the words it got right it also reports when the streamed partials settled on
+the final word, as a share of the word (audio time, not processing time).
+
 Run from the repository root::
 
     python benchmarks/word_accuracy.py --data ../shared/data/speech_commands \\
@@ -28,10 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 from rich.progress import track
 
 from audio_frontend.audio_io import AudioError, load_audio
+from models.decoding import WordEvent
 from models.model_file import load_model
 from models.recognizer import Recognizer, StreamOptions
 from models.vocabulary import SILENCE, UNKNOWN
@@ -52,6 +57,23 @@ def outcome(label: str, words: list[str]) -> str:
     return "several words" if len(spoken) > 1 else "wrong word"
 
 
+def recognize(recognizer: Recognizer, audio: np.ndarray, rate: int) -> list[WordEvent]:
+    """Partials and finals of one recording, as a stream would get them."""
+    with recognizer.opened(StreamOptions(sample_rate=rate, emit_unknown=True)) as stream:
+        recognizer.feed_audio(stream, audio, final=True)
+        return recognizer.drain(stream)
+
+
+def decision_share(events: list[WordEvent]) -> float:
+    """When the streamed answer settled on the final word, as a share of the word's
+    extent: the time of the word's last partial (each partial is a change of the
+    leading word), or of the final itself when the last partial was another word."""
+    final = next(e for e in events if e.kind == "final")
+    partials = [e for e in events if e.kind == "partial" and e.start == final.start]
+    settled = partials[-1].time if partials and partials[-1].word == final.word else final.time
+    return (settled - final.start) / max(final.end - final.start, 1e-9)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", action="append", required=True, metavar="DIR")
@@ -67,15 +89,18 @@ def main() -> None:
     counts: dict[str, Counter] = {"word": Counter(), UNKNOWN: Counter(), SILENCE: Counter()}
     per_source: dict[str, Counter] = {}
     unreadable = 0
+    decided: list[float] = []
     for clip in track(clips, description="transcribing", disable=args.json):
         try:
             audio, rate = load_audio(clip.path)
         except AudioError:
             unreadable += 1
             continue
-        options = StreamOptions(sample_rate=rate, emit_unknown=True)
-        words = [w.word for w in recognizer.transcribe([audio], rate, options).words]
+        events = recognize(recognizer, audio, rate)
+        words = [e.word for e in events if e.kind == "final"]
         result = outcome(clip.label, words)
+        if result == "right" and clip.label not in (UNKNOWN, SILENCE):
+            decided.append(decision_share(events))
         group = clip.label if clip.label in (UNKNOWN, SILENCE) else "word"
         counts[group][result] += 1
         if group == "word":
@@ -92,11 +117,18 @@ def main() -> None:
         "unknown": share(counts[UNKNOWN]),
         "silence": share(counts[SILENCE]),
         "unreadable": unreadable,
+        "partial_decision": {
+            "words": len(decided),
+            "median_share_of_word": round(float(np.median(decided)), 3) if decided else None,
+            "decided_before_word_end": round(float(np.mean(np.array(decided) < 1)), 3)
+            if decided
+            else None,
+        },
     }
     if args.json:
         print(json.dumps(report))
         return
-    for name in ("words", "unknown", "silence"):
+    for name in ("words", "unknown", "silence", "partial_decision"):
         print(f"{name:8s} {report[name]}")
     for source, figures in report["words_per_source"].items():
         print(f"  {source:16s} {figures}")

@@ -152,10 +152,11 @@ class Recognizer:
 
     def _finish(self, stream: Stream) -> None:
         tail = stream.binner.flush()
-        if len(tail) == 0 and not stream.ready and stream.decoder.in_word:
-            # The decoder finalises an open word after the stream's last bin; when the
-            # input ended exactly on a bin boundary that bin is already decoded, so the
-            # end of the stream counts as one bin of silence.
+        if len(tail) == 0:
+            # The decoder finalises an open word at the stream's last bin, which may
+            # have been decoded already when the input ended on a bin boundary: the end
+            # of such a stream counts as one more bin, of silence.  (Always, so that
+            # the words do not depend on how the input was chunked.)
             tail = [np.zeros(self.n_channels, np.float32)]
         stream.ready.extend(tail)
         stream.finished = True

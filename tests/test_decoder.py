@@ -116,3 +116,21 @@ def test_a_recording_that_ends_mid_word_on_a_bin_boundary_keeps_the_word(recogni
 def test_a_recording_that_starts_mid_word_keeps_the_word(recognizer):
     audio, rate, start, _ = _yes()
     assert _words(recognizer, audio[start:], rate) == ["yes"]
+
+
+def test_ending_with_the_last_chunk_or_after_it_gives_the_same_events(recognizer):
+    from models.recognizer import StreamOptions
+
+    audio, rate, start, end = _yes()
+    bin_samples = round(recognizer.bin_s * rate)
+    audio = audio[: (start + end) // 2 // bin_samples * bin_samples]
+    runs = []
+    for chunks in ([(audio, True)], [(audio, False), (audio[:0], True)]):
+        events = []
+        with recognizer.opened(StreamOptions(sample_rate=rate)) as stream:
+            for chunk, final in chunks:
+                recognizer.feed_audio(stream, chunk, final=final)
+                events += recognizer.drain(stream)
+        runs.append(events)
+    assert runs[0] == runs[1]
+    assert [e.word for e in runs[0] if e.kind == "final"] == ["yes"]
