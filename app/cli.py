@@ -78,6 +78,7 @@ def _train_config(args: argparse.Namespace, **extra):
     return TrainConfig(
         data=args.data or [],
         out=args.out,
+        channels=args.channels,
         seed=args.seed,
         bin_ms=args.bin_ms,
         variants=args.variants,
@@ -234,9 +235,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return
     native = results["native"]
     print(f"clips: {native['clips']} ({args.split} split)")
+    in_vocabulary = native["in_vocabulary_accuracy"]
     print(
         f"accuracy: {native['accuracy']:.3f}   "
-        f"in-vocabulary: {native['in_vocabulary_accuracy']:.3f}"
+        f"in-vocabulary: {'n/a' if in_vocabulary is None else f'{in_vocabulary:.3f}'}"
         f"   unknown: {native['unknown_accuracy']}   silence: {native['silence_accuracy']}"
     )
     for source, figures in native["per_source_in_vocabulary"].items():
@@ -247,10 +249,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"{results['band_limited_8k']['in_vocabulary_accuracy']:.3f}"
         )
     early = native["early_decision"]
-    print(
-        f"early decision: median {early['median_fraction_of_word']:.2f} of the word "
-        f"({early['median_ms_after_onset']:.0f} ms after onset)"
-    )
+    if early["median_fraction_of_word"] is None:
+        print("early decision: no word clip was classified correctly")
+    else:
+        print(
+            f"early decision: median {early['median_fraction_of_word']:.2f} of the word "
+            f"({early['median_ms_after_onset']:.0f} ms after onset)"
+        )
     clip = native["per_clip"]
     print(
         f"per clip: {clip['input_spikes']:.0f} input spikes, {clip['hidden_spikes']:.0f} hidden "
@@ -278,7 +283,14 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
         action="append",
         required=required,
         metavar="DIR",
-        help="Speech Commands or FSDD layout folder (repeat to mix sources)",
+        help="Speech Commands or FSDD layout folder, or an SHD-layout .h5 spike file "
+        "(repeat to mix sources)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=64,
+        help="cochlear channels = network inputs (the published SHD/SSC files have 700)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")

@@ -111,3 +111,62 @@ def test_training_bad_input(tmp_path, extra, message):
 def test_a_file_that_is_not_a_pack_is_refused(tmp_path):
     (tmp_path / "notes.npz").write_text("hello")
     assert main(["train", "--features", str(tmp_path / "notes.npz"), "--out", "m.pt"]) == 2
+
+
+def _shd_file(path, n_channels: int = 64, spread: int = 1) -> None:
+    """An SHD-layout file: the fixture words through the cochlea, two speakers."""
+    import h5py
+    import soundfile as sf
+
+    from audio_frontend import Cochlea
+    from audio_frontend.events import SpikeEvents
+    from audio_frontend.spike_files import write_spike_file
+
+    cochlea = Cochlea(CochleaConfig())
+    keys = ["english-yes", "english-no", "german-eins", "english-stop"]
+    samples, labels, speakers = [], [], []
+    for label, word in enumerate(["yes", "no", "left", "stop"]):
+        audio, rate = sf.read(next(FIXTURES.glob(f"{word}_*.wav")), dtype="float32")
+        events = cochlea.encode(audio, rate)
+        samples.append(SpikeEvents(events.times, events.channels * spread, n_channels))
+        labels.append(label)
+        speakers.append(label % 2)
+    write_spike_file(path, samples, labels, keys=keys)
+    with h5py.File(path, "a") as file:
+        file.create_dataset("extra/speaker", data=np.array(speakers, np.uint16))
+
+
+def test_training_on_an_shd_layout_spike_file(tmp_path):
+    from training.data import discover
+
+    shd = tmp_path / "shd_train.h5"
+    _shd_file(shd)
+    clips = discover(shd, DEFAULT_VOCABULARY)
+    assert [c.label for c in clips] == ["yes", "no", "_unknown_", "stop"]
+    assert {c.speaker for c in clips} == {"shd_train:0", "shd_train:1"}
+    model = tmp_path / "m.pt"
+    argv = ["train", "--data", str(shd), "--out", str(model), "--epochs", "1"]
+    assert main([*argv, "--batch-size", "2", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert load_model(model).card["data"]["train"]["shd_train"]["clips"] >= 1
+
+
+def test_a_spike_file_with_more_channels_than_the_model_is_refused(tmp_path):
+    shd = tmp_path / "shd700.h5"
+    _shd_file(shd, n_channels=700, spread=10)  # like the published SHD files' 700 channels
+
+    def features(*extra: str) -> subprocess.CompletedProcess:
+        argv = ["features", "--data", str(shd), "--out", "p.npz", *extra]
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    refused = features()
+    assert refused.returncode == 2
+    assert "train with --channels 700" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert features("--channels", "700").returncode == 0
+    assert load_pack(tmp_path / "p.npz")[1].rasters.shape[-1] == 700

@@ -6,6 +6,11 @@ Supported sources, mixed freely in one run:
   words outside the vocabulary become ``_unknown_``; ``_silence_`` (or
   ``_background_noise_``) folders hold noise.
 * FSDD layout: ``<digit>_<speaker>_<n>.wav`` in a folder (or its ``recordings/``).
+* SHD/SSC-style HDF5 spike files (``.h5``): ``spikes/times``, ``spikes/units``,
+  ``labels``, with label names in ``extra/keys`` (a key's last word, e.g.
+  ``english-one`` -> ``one``, picks the vocabulary word; others are
+  ``_unknown_``) and speakers in ``extra/speaker`` or, for ``spikeear encode``
+  output, the source file names in ``extra/names``.
 
 A folder holding a file named ``SYNTHETIC`` (see ``training/synthesize.py``) is
 synthesized speech: it is used for training only and never for validation.
@@ -18,6 +23,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from models.vocabulary import DIGITS, SILENCE, UNKNOWN
 
@@ -40,10 +47,17 @@ class Clip:
     source: str  # e.g. "speech_commands", "fsdd"
     spoken: str  # the word actually spoken (or "noise")
     synthetic: bool = False
+    index: int = -1  # the sample within an HDF5 spike file (-1: an audio file)
+
+
+def is_spike_file(root: str | Path) -> bool:
+    return Path(root).suffix.lower() in (".h5", ".hdf5")
 
 
 def discover(root: str | Path, vocabulary: tuple[str, ...]) -> list[Clip]:
     root = Path(root)
+    if is_spike_file(root) and root.is_file():
+        return _spike_file_clips(root, vocabulary)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
     if (root / "recordings").is_dir():
@@ -59,6 +73,50 @@ def discover(root: str | Path, vocabulary: tuple[str, ...]) -> list[Clip]:
     if not clips:
         raise DataError(f"{root}: no usable clips (expected Speech Commands or FSDD layout)")
     return clips
+
+
+def _spike_file_clips(path: Path, vocabulary: tuple[str, ...]) -> list[Clip]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            n_samples = len(file["spikes/times"])
+            labels = np.asarray(file["labels"]) if "labels" in file else None
+            keys = [_text(k) for k in file["extra/keys"]] if "extra/keys" in file else None
+            speakers = (
+                [str(s) for s in np.asarray(file["extra/speaker"])]
+                if "extra/speaker" in file
+                else [_speaker_of_name(_text(n)) for n in file["extra/names"]]
+                if "extra/names" in file
+                else None
+            )
+    except (OSError, KeyError) as error:
+        raise DataError(f"{path}: not an SHD-layout spike file ({error})") from None
+    if labels is None or keys is None:
+        raise DataError(f"{path}: needs labels and their names (extra/keys)")
+    if speakers is None:
+        raise DataError(f"{path}: no speakers (extra/speaker or extra/names): cannot split")
+    clips = []
+    for i in range(n_samples):
+        spoken = re.split(r"[-_ ]", keys[int(labels[i])].lower())[-1]
+        label = spoken if spoken in vocabulary else SILENCE if spoken == "noise" else UNKNOWN
+        clips.append(Clip(path, label, f"{path.stem}:{speakers[i]}", path.stem, spoken, index=i))
+    if not clips:
+        raise DataError(f"{path}: no samples")
+    return clips
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _speaker_of_name(name: str) -> str:
+    """The speaker in a Speech Commands or FSDD file name, else the name itself."""
+    base = Path(name).name
+    match = SC_NAME.match(base) or FSDD_NAME.match(base)
+    if match is None:
+        return base
+    return match.group(1) if SC_NAME.match(base) else match.group(2)
 
 
 def _fsdd_clip(path: Path, vocabulary: tuple[str, ...]) -> Clip | None:

@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from audio_frontend.audio_io import AudioError, load_audio
 from audio_frontend.cochlea import Cochlea, CochleaConfig
-from audio_frontend.events import bin_events
+from audio_frontend.events import SpikeEvents, bin_events
 from training.augment import augment, band_limit, place
 from training.data import Clip, DataError
 
@@ -44,7 +44,7 @@ class FeatureSpec:
                 self.bin_ms,
                 self.variants if augmented else 0,
                 band_limited,
-                [str(c.path) for c in clips],
+                [str(c.path) + (f"#{c.index}" if c.index >= 0 else "") for c in clips],
                 extra,
             ]
         )
@@ -145,16 +145,55 @@ def build_features(
         data = np.load(path)
         return FeatureSet(data["rasters"], labels, data["ok"])
     variants = spec.variants if augmented else 0
-    jobs = [
-        (i, c.path, spec, variants, band_limited, noise_paths, _clip_seed(c, seed))
-        for i, c in enumerate(clips)
-    ]
-    rasters, ok = run_cochlea_jobs(
-        _clip_worker, jobs, (variants + 1, spec.n_bins, spec.frontend.channels),
-        f"cochlea: {description}",
-    )  # fmt: skip
+    shape = (variants + 1, spec.n_bins, spec.frontend.channels)
+    rasters = np.zeros((len(clips), *shape), np.uint8)
+    ok = np.zeros(len(clips), bool)
+    audio = [i for i, c in enumerate(clips) if c.index < 0]
+    if audio:
+        jobs = [
+            (
+                k,
+                clips[i].path,
+                spec,
+                variants,
+                band_limited,
+                noise_paths,
+                _clip_seed(clips[i], seed),
+            )
+            for k, i in enumerate(audio)
+        ]
+        rasters[audio], ok[audio] = run_cochlea_jobs(
+            _clip_worker, jobs, shape, f"cochlea: {description}"
+        )
+    spiking = [i for i, c in enumerate(clips) if c.index >= 0]
+    if spiking:
+        # Recorded spikes cannot be re-synthesised with noise or another speed: every
+        # variant is the recording; batches still shift and mask them at random.
+        rasters[spiking] = spike_file_rasters([clips[i] for i in spiking], spec)[:, None]
+        ok[spiking] = True
     np.savez(path, rasters=rasters, ok=ok)
     return FeatureSet(rasters, labels, ok)
+
+
+def spike_file_rasters(clips: list[Clip], spec: FeatureSpec) -> np.ndarray:
+    """``[clips, bins, channels]`` counts of samples of HDF5 spike files."""
+    from audio_frontend.spike_files import read_spike_file
+
+    channels = spec.frontend.channels
+    samples: dict[Path, list[SpikeEvents]] = {}
+    rasters = np.zeros((len(clips), spec.n_bins, channels), np.uint8)
+    for k, clip in enumerate(clips):
+        if clip.path not in samples:
+            samples[clip.path] = read_spike_file(clip.path)[0]
+        events = samples[clip.path][clip.index]
+        if len(events) and int(events.channels.max()) >= channels:
+            raise DataError(
+                f"{clip.path}: spikes on channel {int(events.channels.max())}, but the model "
+                f"has {channels} input channels (train with --channels {events.n_channels})"
+            )
+        events = SpikeEvents(events.times, events.channels, channels)
+        rasters[k] = np.minimum(bin_events(events, spec.bin_ms / 1000, spec.n_bins), 255)
+    return rasters
 
 
 def run_cochlea_jobs(
