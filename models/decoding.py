@@ -42,6 +42,14 @@ class WordEvent(NamedTuple):
     alternatives: tuple[tuple[str, float], ...] = ()
 
 
+class Boundary(NamedTuple):
+    """What one bin did to the word boundaries."""
+
+    opened: bool  # a word starts (its onset bins included)
+    active: bool  # speech activity inside a word, the opening bin included
+    closed: bool  # the word ends with this bin
+
+
 @dataclass
 class DecoderState:
     allowed: np.ndarray  # bool [classes]: words this stream may report
@@ -87,42 +95,59 @@ class Decoder:
         self, state: DecoderState, probabilities: np.ndarray, activity: float
     ) -> list[WordEvent]:
         """Advance one bin: ``probabilities`` of the classes, ``activity`` = input spikes."""
-        cfg = self.config
         events: list[WordEvent] = []
+        # While idle, keep the last bins: a word's evidence starts at its onset.
+        if not state.in_word:
+            state.onset_history = [*state.onset_history, probabilities][-self.onset_bins :]
+        else:
+            state.evidence = state.evidence + probabilities
+        boundary = self.endpoint(state, activity)
+        if boundary.opened:
+            state.evidence = np.sum(state.onset_history, axis=0)
+            state.leader = -1
+        if boundary.active:
+            events += self._partial(state)
+        if boundary.closed:
+            events += self._final(state, state.bin_index * self.bin_s)
+        return events
+
+    def endpoint(self, state: DecoderState, activity: float) -> Boundary:
+        """The word-boundary part of :meth:`step`: it depends on the input activity
+        alone, so a copy of the state can look ahead to where words end (the
+        recognizer batches the network over the segments between them)."""
+        cfg = self.config
         if state.floor < 0 or activity < state.floor:
             state.floor = activity
         else:
             state.floor += self.floor_rise * (activity - state.floor)
         active = activity >= max(self.min_activity, cfg.floor_ratio * state.floor)
-        # While idle, keep the last bins: a word's evidence starts at its onset.
+        opened = closed = False
         if not state.in_word:
-            state.onset_history = [*state.onset_history, probabilities][-self.onset_bins :]
             state.run = state.run + 1 if active else 0
             if state.run >= self.onset_bins:
-                state.in_word = True
+                opened = active = state.in_word = True
                 state.start_bin = state.bin_index - self.onset_bins + 1
                 state.last_active_bin = state.bin_index
                 state.quiet = 0
-                state.evidence = np.sum(state.onset_history, axis=0)
-                state.leader = -1
-                events += self._partial(state)
+            else:
+                active = False
         else:
-            state.evidence = state.evidence + probabilities
             if active:
                 state.last_active_bin = state.bin_index
                 state.quiet = 0
-                events += self._partial(state)
             else:
                 state.quiet += 1
             length = state.bin_index - state.start_bin + 1
             if state.quiet >= self.hangover_bins or length >= self.max_word_bins:
-                events += self._final(state)
+                closed = True
+                _close(state)
         state.bin_index += 1
-        return events
+        return Boundary(opened, active, closed)
 
     def flush(self, state: DecoderState) -> list[WordEvent]:
         """End of stream: finalise a word in progress."""
-        return self._final(state) if state.in_word else []
+        # Decided one bin after the last one counted, as a word closed by quiet would be.
+        return self._final(state, (state.bin_index + 1) * self.bin_s) if state.in_word else []
 
     def _scores(self, state: DecoderState) -> np.ndarray:
         """Shares of the evidence among the speech classes this stream may report.
@@ -147,7 +172,7 @@ class Decoder:
         state.leader = leader
         if self.filler[leader]:
             return []
-        now = (state.bin_index + 1) * self.bin_s
+        now = state.bin_index * self.bin_s  # the end of the bin just counted
         return [
             WordEvent(
                 "partial",
@@ -159,9 +184,9 @@ class Decoder:
             )
         ]
 
-    def _final(self, state: DecoderState) -> list[WordEvent]:
-        state.in_word = False
-        state.run = 0
+    def _final(self, state: DecoderState, now: float) -> list[WordEvent]:
+        """The word that has just closed, decided at ``now`` (seconds)."""
+        _close(state)
         state.onset_history = []
         cfg = self.config
         if state.last_active_bin - state.start_bin + 1 < self.min_word_bins:
@@ -182,9 +207,14 @@ class Decoder:
                 "final",
                 self.vocabulary[best],
                 confidence,
-                (state.bin_index + 1) * self.bin_s,
+                now,
                 state.start_bin * self.bin_s,
                 (state.last_active_bin + 1) * self.bin_s,
                 alternatives,
             )
         ]
+
+
+def _close(state: DecoderState) -> None:
+    state.in_word = False
+    state.run = 0
