@@ -122,6 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         ws_max_size=settings.max_message_bytes,
+        # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
+        ws_per_message_deflate=False,
         log_level=args.log_level,
     )
 

@@ -1,10 +1,16 @@
 """Steps every active stream's network together, one bin at a time, in one batch.
 
-Transports feed audio into their :class:`Session` (the cochlea runs in a worker
-thread; numba releases the GIL) and the scheduler, woken by any new bins, steps
-all streams that have bins ready as one batch, so the cost per stream falls as
-load rises.  Each session gets its word events and can wait until its audio so
-far has been fully processed (the Vosk protocol answers every chunk).
+Transports feed audio into their :class:`Session` (big chunks run the cochlea in
+a worker thread; numba releases the GIL) and the scheduler, woken by new bins,
+waits one short tick for other streams' bins and then steps all streams that
+have bins ready as one batch, so the cost per stream falls as load rises.  Each
+session gets its word events and can wait until its audio so far has been fully
+processed (the Vosk protocol answers every chunk).
+
+The network step runs on the event loop itself: in a worker thread its many
+small torch calls each give the GIL up and then wait for the busy event loop
+to hand it back (up to the 5 ms switch interval), which made a step take
+hundreds of milliseconds under load.
 """
 
 from __future__ import annotations
@@ -15,17 +21,19 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import numpy as np
 
+from audio_frontend.audio_io import to_mono_float
 from audio_frontend.events import SpikeEvents
 from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
-INLINE_SAMPLES = 4800  # chunks up to this size run the cochlea on the event loop
+STEP_TICK_S = 0.01  # a woken scheduler waits this long, so one step serves many streams
+INLINE_EVENTS = 4800  # spike chunks up to this size are binned on the event loop
 logger = logging.getLogger(__name__)
 
 
@@ -53,26 +61,26 @@ class Session:
         return len(self.stream.ready)
 
     async def feed_audio(self, samples: np.ndarray, final: bool = False) -> None:
-        await self._feed(
-            lambda: self.scheduler.recognizer.feed_audio(self.stream, samples, final),
-            inline=len(samples) <= INLINE_SAMPLES,
-        )
+        await self._feed(lambda: self.scheduler.run_cochlea(self.stream, samples, final))
 
     async def feed_spikes(self, events: SpikeEvents, final: bool = False) -> None:
-        await self._feed(
-            lambda: self.scheduler.recognizer.feed_spikes(self.stream, events, final),
-            inline=len(events) <= INLINE_SAMPLES,
-        )
+        def work() -> None:
+            self.scheduler.recognizer.feed_spikes(self.stream, events, final)
 
-    async def _feed(self, work: Callable[[], int], inline: bool) -> None:
+        async def binned() -> None:
+            if len(events) <= INLINE_EVENTS:
+                work()  # cheaper than a hop to a worker thread
+            else:
+                await asyncio.to_thread(work)  # a big chunk must not stall other streams
+
+        await self._feed(binned)
+
+    async def _feed(self, work: Callable[[], Awaitable[None]]) -> None:
         arrival = time.perf_counter()
         if self.error is not None:
             raise RuntimeError(self.error)
         async with self._lock:  # keep one stream's chunks in order
-            if inline:
-                work()  # ~0.1 ms: cheaper than a hop to a worker thread
-            else:
-                await asyncio.to_thread(work)  # a big chunk must not stall other streams
+            await work()
             self._arrivals.append((self.stream.bins_done + len(self.stream.ready), arrival))
             if self.stream.ready:
                 self._idle.clear()
@@ -117,7 +125,9 @@ class StreamScheduler:
         self.sessions: set[Session] = set()
         self._wake = asyncio.Event()
         self._on_latency = on_latency
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._audio: list[tuple[Stream, np.ndarray, bool, asyncio.Future[None]]] = []
+        self._audio_waiting = asyncio.Event()
         self.batches = 0
         self.batched_steps = 0
 
@@ -134,19 +144,53 @@ class StreamScheduler:
             self._on_latency(time.perf_counter() - arrival)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._run()), loop.create_task(self._run_cochlea())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
+
+    async def run_cochlea(self, stream: Stream, samples: np.ndarray, final: bool) -> None:
+        """Run a chunk through the cochlea, in one kernel call with the chunks of all
+        other streams waiting at the time, in a worker thread: the kernel releases
+        the GIL once for all of them, so the cochlea runs on a second core while the
+        event loop serves the sockets and the network."""
+        if stream.finished:
+            raise ValueError("stream already finished")
+        # Undecodable audio must fail its own stream here, not the whole batch.
+        samples = to_mono_float(samples)
+        done = asyncio.get_running_loop().create_future()
+        self._audio.append((stream, samples, final, done))
+        self._audio_waiting.set()
+        await done
+
+    async def _run_cochlea(self) -> None:
+        while True:
+            await self._audio_waiting.wait()
+            self._audio_waiting.clear()
+            batch, self._audio = self._audio, []
+            try:
+                await asyncio.to_thread(
+                    self.recognizer.feed_audio_many, [chunk[:3] for chunk in batch]
+                )
+            except Exception as error:  # a bad chunk fails its batch, not the service
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+                continue
+            for *_, done in batch:
+                if not done.done():  # not cancelled by a vanished client
+                    done.set_result(None)
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(STEP_TICK_S)
             self._wake.clear()
             while True:
                 ready = [s for s in self.sessions if s.stream.ready]
@@ -155,9 +199,7 @@ class StreamScheduler:
                 if len(ready) > MAX_BATCH:  # the streams furthest behind go first
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
                 try:
-                    results = await asyncio.to_thread(
-                        self.recognizer.step, [s.stream for s in ready]
-                    )
+                    results = self.recognizer.step([s.stream for s in ready])
                 except Exception as error:  # a bug must not stall every other stream
                     logger.exception("network step failed")
                     for session in ready:

@@ -79,6 +79,8 @@ class Decoder:
         self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
         self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
         self.silence = np.array([w == SILENCE for w in vocabulary])
+        self.speech = ~self.silence
+        self.has_silence = bool(self.silence.any())
 
     def new_state(self, words: list[str] | None = None) -> DecoderState:
         """``words`` restricts what may be reported (the fillers always stay)."""
@@ -149,23 +151,22 @@ class Decoder:
         # Decided one bin after the last one counted, as a word closed by quiet would be.
         return self._final(state, (state.bin_index + 1) * self.bin_s) if state.in_word else []
 
-    def _scores(self, state: DecoderState) -> np.ndarray:
-        """Shares of the evidence among the speech classes this stream may report.
+    def _speech_scores(self, state: DecoderState) -> np.ndarray | None:
+        """Shares of the evidence among the speech classes this stream may report, or
+        None where silence has more evidence than any of them.
 
-        Silence is left out so that the quiet bins of a segment do not dilute the
-        word's confidence; it wins only through :meth:`_silence_wins`.
+        Silence is left out of the shares so that the quiet bins of a segment do not
+        dilute the word's confidence; it wins only by returning None.
         """
-        scores = np.where(state.allowed & ~self.silence, state.evidence, 0.0)
-        return scores / max(scores.sum(), 1e-9)
-
-    def _silence_wins(self, state: DecoderState) -> bool:
-        speech = np.where(state.allowed & ~self.silence, state.evidence, 0.0)
-        return bool(np.any(self.silence)) and state.evidence[self.silence].max() > speech.max()
+        speech = np.where(state.allowed & self.speech, state.evidence, 0.0)
+        if self.has_silence and state.evidence[self.silence].max() > speech.max():
+            return None
+        return speech / max(speech.sum(), 1e-9)
 
     def _partial(self, state: DecoderState) -> list[WordEvent]:
-        if self._silence_wins(state):
+        scores = self._speech_scores(state)
+        if scores is None:
             return []
-        scores = self._scores(state)
         leader = int(scores.argmax())
         if leader == state.leader:
             return []
@@ -191,9 +192,9 @@ class Decoder:
         cfg = self.config
         if state.last_active_bin - state.start_bin + 1 < self.min_word_bins:
             return []
-        if self._silence_wins(state):
+        scores = self._speech_scores(state)
+        if scores is None:
             return []
-        scores = self._scores(state)
         order = np.argsort(scores)[::-1]
         best = int(order[0])
         confidence = float(scores[best])

@@ -9,7 +9,7 @@ batch.  Batch transcription is the same path with a single stream.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from audio_frontend.audio_io import check_sample_rate, to_mono_float
+from audio_frontend.audio_io import check_sample_rate
 from audio_frontend.cochlea import Cochlea, CochleaState
 from audio_frontend.events import SpikeBinner, SpikeEvents
 from models.decoding import Decoder, DecoderConfig, DecoderState, WordEvent
@@ -124,14 +124,22 @@ class Recognizer:
 
     def feed_audio(self, stream: Stream, samples: np.ndarray, final: bool = False) -> int:
         """Run the cochlea on a chunk; returns how many bins are now ready."""
-        if stream.finished:
-            raise ValueError("stream already finished")
-        events = self.cochlea.process(to_mono_float(samples), stream.cochlea, final=final)
-        stream.input_spikes += len(events)
-        stream.ready.extend(stream.binner.add(events, stream.cochlea.samples_done))
-        if final:
-            self._finish(stream)
+        self.feed_audio_many([(stream, samples, final)])
         return len(stream.ready)
+
+    def feed_audio_many(self, chunks: list[tuple[Stream, np.ndarray, bool]]) -> None:
+        """Chunks of several streams (one each) through one cochlea kernel call."""
+        for stream, _, _ in chunks:
+            if stream.finished:
+                raise ValueError("stream already finished")
+        all_events = self.cochlea.process_many(
+            [(samples, stream.cochlea, final) for stream, samples, final in chunks]
+        )
+        for (stream, _, final), events in zip(chunks, all_events, strict=True):
+            stream.input_spikes += len(events)
+            stream.ready.extend(stream.binner.add(events, stream.cochlea.samples_done))
+            if final:
+                self._finish(stream)
 
     def feed_spikes(self, stream: Stream, events: SpikeEvents, final: bool = False) -> int:
         """Spike events from an external cochlea; times must not go back."""
@@ -171,13 +179,16 @@ class Recognizer:
         probabilities = evidence.softmax(-1).numpy()
         layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)  # [streams, layers]
         results = []
+        activity = bins.sum(axis=1)
         for i, stream in enumerate(streams):
-            one = slice(i, i + 1)
-            if self._rests(stream, bins[one].sum(axis=1)):
+            at = slice(i, i + 1)
+            if self._rests(stream, activity[at]):
                 with self.pool.lock:
                     self.pool.reset(stream.row)
             del stream.ready[0]
-            results.append(self._decode(stream, bins[one], probabilities[one], layer_spikes[one]))
+            results.append(
+                self._decode(stream, bins[at], activity[at], probabilities[at], layer_spikes[at])
+            )
         return results
 
     @torch.inference_mode()
@@ -194,9 +205,10 @@ class Recognizer:
             return []
         bins = np.stack(stream.ready)
         stream.ready.clear()
-        rests = self._rests(stream, bins.sum(axis=1))
+        activity = bins.sum(axis=1)
+        rests = self._rests(stream, activity)
         probabilities, layer_spikes = self._segments(stream, bins, rests)
-        return self._decode(stream, bins, probabilities, layer_spikes)
+        return self._decode(stream, bins, activity, probabilities, layer_spikes)
 
     def _segments(
         self, stream: Stream, bins: np.ndarray, rests: list[int]
@@ -255,7 +267,7 @@ class Recognizer:
         depend on the input activity alone: a copy of the decoder's state finds
         them ahead of the network (the decoder itself then steps the same way).
         """
-        decoder = dataclasses.replace(stream.decoder)
+        decoder = copy.copy(stream.decoder)  # endpoint() only rebinds its scalar fields
         rests = []
         for t, spikes in enumerate(activity.tolist()):
             word_ended = self.decoder.endpoint(decoder, spikes).closed
@@ -266,11 +278,16 @@ class Recognizer:
         return rests
 
     def _decode(
-        self, stream: Stream, bins: np.ndarray, probabilities: np.ndarray, layer_spikes: np.ndarray
+        self,
+        stream: Stream,
+        bins: np.ndarray,
+        activity: np.ndarray,
+        probabilities: np.ndarray,
+        layer_spikes: np.ndarray,
     ) -> list[WordEvent]:
-        """Per-bin bookkeeping after the network: accounting and decoding."""
+        """Per-bin bookkeeping after the network: accounting and decoding.
+        ``activity`` is the input spikes per bin, ``bins.sum(axis=1)``."""
         events: list[WordEvent] = []
-        activity = bins.sum(axis=1)
         for t, spikes in enumerate(activity.tolist()):
             events += self.decoder.step(stream.decoder, probabilities[t], spikes)
         stream.bins_done += len(bins)
