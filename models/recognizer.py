@@ -9,7 +9,6 @@ batch.  Batch transcription is the same path with a single stream.
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -177,18 +176,23 @@ class Recognizer:
             )
             self.pool.scatter(rows, state)
         probabilities = evidence.softmax(-1).numpy()
-        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)  # [streams, layers]
+        # Per-stream accounting for all streams at once: [streams] each.
+        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)
+        input_spikes = bins.sum(axis=1)
+        hidden_spikes = layer_spikes.sum(axis=1).tolist()
+        input_ops = (input_spikes * self._fan_out[0]).tolist()
+        hidden_ops = (layer_spikes @ self._fan_out[1:]).tolist()
         results = []
-        activity = bins.sum(axis=1)
         for i, stream in enumerate(streams):
-            at = slice(i, i + 1)
-            if self._rests(stream, activity[at]):
+            spikes = input_spikes[i : i + 1]
+            if self._rests(stream, spikes):
                 with self.pool.lock:
                     self.pool.reset(stream.row)
             del stream.ready[0]
-            results.append(
-                self._decode(stream, bins[at], activity[at], probabilities[at], layer_spikes[at])
-            )
+            events = self._decode(stream, spikes, probabilities[i : i + 1], bins[i])
+            stream.hidden_spikes += int(hidden_spikes[i])
+            stream.synaptic_ops += int(input_ops[i]) + int(hidden_ops[i])
+            results.append(events)
         return results
 
     @torch.inference_mode()
@@ -208,7 +212,11 @@ class Recognizer:
         activity = bins.sum(axis=1)
         rests = self._rests(stream, activity)
         probabilities, layer_spikes = self._segments(stream, bins, rests)
-        return self._decode(stream, bins, activity, probabilities, layer_spikes)
+        events = self._decode(stream, activity, probabilities, bins.sum(axis=0))
+        stream.hidden_spikes += int(layer_spikes.sum())
+        stream.synaptic_ops += int(activity.sum() * self._fan_out[0])
+        stream.synaptic_ops += int((layer_spikes @ self._fan_out[1:]).sum())
+        return events
 
     def _segments(
         self, stream: Stream, bins: np.ndarray, rests: list[int]
@@ -267,7 +275,7 @@ class Recognizer:
         depend on the input activity alone: a copy of the decoder's state finds
         them ahead of the network (the decoder itself then steps the same way).
         """
-        decoder = copy.copy(stream.decoder)  # endpoint() only rebinds its scalar fields
+        decoder = stream.decoder.copy()  # endpoint() only rebinds its scalar fields
         rests = []
         for t, spikes in enumerate(activity.tolist()):
             word_ended = self.decoder.endpoint(decoder, spikes).closed
@@ -280,26 +288,23 @@ class Recognizer:
     def _decode(
         self,
         stream: Stream,
-        bins: np.ndarray,
         activity: np.ndarray,
         probabilities: np.ndarray,
-        layer_spikes: np.ndarray,
+        input_counts: np.ndarray,
     ) -> list[WordEvent]:
-        """Per-bin bookkeeping after the network: accounting and decoding.
-        ``activity`` is the input spikes per bin, ``bins.sum(axis=1)``."""
+        """Decoding of consecutive bins after the network: ``activity`` is their input
+        spikes per bin, ``input_counts`` per channel, summed over the bins."""
         events: list[WordEvent] = []
         for t, spikes in enumerate(activity.tolist()):
             events += self.decoder.step(stream.decoder, probabilities[t], spikes)
-        stream.bins_done += len(bins)
-        stream.hidden_spikes += int(layer_spikes.sum())
-        stream.synaptic_ops += int(activity.sum() * self._fan_out[0])
-        stream.synaptic_ops += int((layer_spikes @ self._fan_out[1:]).sum())
-        last_input = bins.sum(axis=0)
+        stream.bins_done += len(activity)
         previous = (
-            stream.activity.input_counts if stream.activity is not None else np.zeros(bins.shape[1])
+            stream.activity.input_counts
+            if stream.activity is not None
+            else np.zeros(len(input_counts))
         )
         stream.activity = StreamActivity(
-            stream.bins_done, previous + last_input, last_input, probabilities[-1].copy()
+            stream.bins_done, previous + input_counts, input_counts, probabilities[-1].copy()
         )
         if stream.finished and not stream.ready:
             events += self.decoder.flush(stream.decoder)
