@@ -33,7 +33,7 @@ from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
-STEP_TICK_S = 0.01  # a woken scheduler waits this long, so one step serves many streams
+STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
 INLINE_EVENTS = 4800  # spike chunks up to this size are binned on the event loop
 logger = logging.getLogger(__name__)
 
