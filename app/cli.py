@@ -106,7 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from app.server import create_app
     from app.settings import Settings
 
-    settings = Settings(model_path=args.model, max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+    settings = Settings(
+        model_path=args.model,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        torch_threads=torch.get_num_threads(),
+    )
     app = create_app(settings)  # also checks the model before any worker starts
     print(
         f"spikeear: serving on http://{args.host}:{args.port} (demo page at /, API docs at /docs)"
