@@ -144,7 +144,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from app.server import create_app
     from app.settings import Settings
 
-    settings = Settings(model_path=args.model, max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+    settings = Settings(
+        model_path=args.model,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        torch_threads=torch.get_num_threads(),
+    )
     app = create_app(settings)  # also checks the model before any worker starts
     print(
         f"spikeear: serving on http://{args.host}:{args.port} (demo page at /, API docs at /docs)"
@@ -160,6 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         ws_max_size=settings.max_message_bytes,
+        # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
+        ws_per_message_deflate=False,
         log_level=args.log_level,
     )
 

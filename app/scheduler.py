@@ -1,10 +1,17 @@
 """Steps every active stream's network together, one bin at a time, in one batch.
 
-Transports feed audio into their :class:`Session` (the cochlea runs in a worker
-thread; numba releases the GIL) and the scheduler, woken by any new bins, steps
-all streams that have bins ready as one batch, so the cost per stream falls as
-load rises.  Each session gets its word events and can wait until its audio so
-far has been fully processed (the Vosk protocol answers every chunk).
+Transports feed audio into their :class:`Session`; the scheduler runs the audio
+waiting in all sessions through the cochlea in one kernel call in a worker thread
+(numba releases the GIL), and, woken by new bins, waits one short tick for other
+streams' bins and then steps all streams that have bins ready as one batch, so
+the cost per stream falls as load rises.  Each
+session gets its word events and can wait until its audio so far has been fully
+processed (the Vosk protocol answers every chunk).
+
+The network step runs on the event loop itself: in a worker thread its many
+small torch calls each give the GIL up and then wait for the busy event loop
+to hand it back (up to the 5 ms switch interval), which made a step take
+hundreds of milliseconds under load.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from audio_frontend.audio_io import to_mono_float
 from audio_frontend.events import SpikeEvents
 from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
-INLINE_SAMPLES = 4800  # chunks up to this size run the cochlea on the event loop
+STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
+INLINE_EVENTS = 4800  # spike chunks up to this size are binned on the event loop
 logger = logging.getLogger(__name__)
 
 
@@ -47,32 +56,61 @@ class Session:
         self._arrivals: deque[tuple[int, float]] = deque()  # (bins ready after chunk, arrival)
         self._lock = asyncio.Lock()
         self.error: str | None = None
+        self._audio: list[np.ndarray] = []  # mono float32 chunks waiting for the cochlea
+        self._audio_final = False  # the last waiting chunk ends the stream
+        self._audio_in_cochlea = False
+        self._samples_fed = 0  # at the client's sample rate
+        # Input samples per bin, at the client's rate: to count a chunk's bins at once.
+        recognizer = scheduler.recognizer
+        self._input_per_bin = recognizer.bin_s * stream.options.sample_rate
 
     @property
     def pending_bins(self) -> int:
-        return len(self.stream.ready)
+        """Bins fed but not yet through the network, waiting audio included."""
+        waiting = sum(len(chunk) for chunk in self._audio) / self._input_per_bin
+        return len(self.stream.ready) + int(waiting)
 
     async def feed_audio(self, samples: np.ndarray, final: bool = False) -> None:
-        await self._feed(
-            lambda: self.scheduler.recognizer.feed_audio(self.stream, samples, final),
-            inline=len(samples) <= INLINE_SAMPLES,
-        )
+        """Queue a chunk for the cochlea (no wait: the scheduler runs the chunks of
+        all streams waiting at a time in one kernel call)."""
+        arrival = time.perf_counter()
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        if self._audio_final or self.stream.finished:
+            raise ValueError("stream already finished")
+        samples = to_mono_float(samples)  # bad audio fails this stream here, not a batch
+        self._audio.append(samples)
+        self._audio_final = final
+        self._samples_fed += len(samples)
+        self._arrivals.append((int(self._samples_fed / self._input_per_bin), arrival))
+        self._idle.clear()
+        self.scheduler.audio_waiting(self)
+
+    def take_audio(self) -> tuple[Stream, np.ndarray, bool]:
+        """All waiting audio as one chunk (the cochlea is chunking-invariant)."""
+        samples = self._audio[0] if len(self._audio) == 1 else np.concatenate(self._audio)
+        self._audio = []
+        self._audio_in_cochlea = True
+        return self.stream, samples, self._audio_final
+
+    def cochlea_done(self) -> None:
+        self._audio_in_cochlea = False
+        if self.stream.ready:
+            self.scheduler.wake()
+        else:
+            self._settle()
 
     async def feed_spikes(self, events: SpikeEvents, final: bool = False) -> None:
-        await self._feed(
-            lambda: self.scheduler.recognizer.feed_spikes(self.stream, events, final),
-            inline=len(events) <= INLINE_SAMPLES,
-        )
-
-    async def _feed(self, work: Callable[[], int], inline: bool) -> None:
         arrival = time.perf_counter()
         if self.error is not None:
             raise RuntimeError(self.error)
         async with self._lock:  # keep one stream's chunks in order
-            if inline:
-                work()  # ~0.1 ms: cheaper than a hop to a worker thread
-            else:
-                await asyncio.to_thread(work)  # a big chunk must not stall other streams
+            if len(events) <= INLINE_EVENTS:  # cheaper than a hop to a worker thread
+                self.scheduler.recognizer.feed_spikes(self.stream, events, final)
+            else:  # a big chunk must not stall other streams
+                await asyncio.to_thread(
+                    self.scheduler.recognizer.feed_spikes, self.stream, events, final
+                )
             self._arrivals.append((self.stream.bins_done + len(self.stream.ready), arrival))
             if self.stream.ready:
                 self._idle.clear()
@@ -87,7 +125,10 @@ class Session:
             if event.kind == "partial":
                 self.scheduler.observe_latency(self._arrival_of(self.stream.bins_done))
             self.events.put_nowait(event)
-        if not self.stream.ready:
+        self._settle()
+
+    def _settle(self) -> None:
+        if not (self.stream.ready or self._audio or self._audio_in_cochlea):
             self._idle.set()
 
     def _arrival_of(self, bin_count: int) -> float:
@@ -98,13 +139,14 @@ class Session:
     def fail(self, reason: str) -> None:
         """Take the session out of scheduling; its next feed raises ``reason``."""
         self.error = reason
-        self.scheduler.sessions.discard(self)
+        self.scheduler.discard(self)
         self.stream.ready.clear()
+        self._audio = []
         self.events.put_nowait(SessionFailed(reason))
         self._idle.set()
 
     def close(self) -> None:
-        self.scheduler.sessions.discard(self)
+        self.scheduler.discard(self)
         self.scheduler.recognizer.close_stream(self.stream)
         self._idle.set()
 
@@ -117,7 +159,9 @@ class StreamScheduler:
         self.sessions: set[Session] = set()
         self._wake = asyncio.Event()
         self._on_latency = on_latency
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._audio_sessions: dict[Session, None] = {}  # in arrival order
+        self._audio_waiting = asyncio.Event()
         self.batches = 0
         self.batched_steps = 0
 
@@ -134,19 +178,52 @@ class StreamScheduler:
             self._on_latency(time.perf_counter() - arrival)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._run()), loop.create_task(self._run_cochlea())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
+
+    def discard(self, session: Session) -> None:
+        """Schedule nothing more for the session."""
+        self.sessions.discard(session)
+        self._audio_sessions.pop(session, None)
+
+    def audio_waiting(self, session: Session) -> None:
+        self._audio_sessions[session] = None
+        self._audio_waiting.set()
+
+    async def _run_cochlea(self) -> None:
+        """Runs the audio waiting in all sessions through one cochlea kernel call at a
+        time, in a worker thread: the kernel releases the GIL once for all of them,
+        so the cochlea runs on a second core while the event loop serves the sockets
+        and the network.  A session's chunks that arrive meanwhile go together into
+        the next call, so a slow call never limits a stream to one chunk per call."""
+        while True:
+            await self._audio_waiting.wait()
+            self._audio_waiting.clear()
+            sessions = [s for s in self._audio_sessions if s.error is None]
+            self._audio_sessions = {}
+            chunks = [session.take_audio() for session in sessions]
+            try:
+                await asyncio.to_thread(self.recognizer.feed_audio_many, chunks)
+            except Exception as error:  # a bug must not stall every other stream
+                logger.exception("cochlea failed")
+                for session in sessions:
+                    session.fail(f"recognition failed: {error}")
+                continue
+            for session in sessions:
+                session.cochlea_done()
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(STEP_TICK_S)
             self._wake.clear()
             while True:
                 ready = [s for s in self.sessions if s.stream.ready]
@@ -155,9 +232,7 @@ class StreamScheduler:
                 if len(ready) > MAX_BATCH:  # the streams furthest behind go first
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
                 try:
-                    results = await asyncio.to_thread(
-                        self.recognizer.step, [s.stream for s in ready]
-                    )
+                    results = self.recognizer.step([s.stream for s in ready])
                 except Exception as error:  # a bug must not stall every other stream
                     logger.exception("network step failed")
                     for session in ready:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -64,4 +65,8 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
 
 def app_from_environment() -> FastAPI:
     """Factory for ``uvicorn --workers``: each worker process builds its own app."""
-    return create_app(Settings.from_environment())
+    settings = Settings.from_environment()
+    # A fresh process has one torch thread per core; spinning idle threads then
+    # cost the workers (and the other worker's core) more CPU than the streams.
+    torch.set_num_threads(settings.torch_threads)
+    return create_app(settings)

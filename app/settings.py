@@ -15,6 +15,7 @@ class Settings:
     max_upload_bytes: int = 50 * 1024 * 1024
     max_message_bytes: int = 1024 * 1024  # one WebSocket message
     max_pending_seconds: float = 5.0  # audio a stream may have queued before it must wait
+    torch_threads: int = 1  # for worker processes, which start with torch's default
 
     def to_environment(self) -> None:
         os.environ[ENVIRONMENT_KEY] = json.dumps(asdict(self))

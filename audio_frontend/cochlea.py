@@ -138,44 +138,69 @@ class Cochlea:
 
         ``final=True`` flushes the resampler; the stream accepts no more audio after it.
         """
-        if state.finished:
-            raise AudioError("this stream has already been finished")
-        audio = to_mono_float(np.asarray(samples))
-        if state.resampler is not None:
-            audio = state.resampler.resample_chunk(audio, last=final)
-        state.finished = final
-        first_sample = state.samples_done
-        sample, channel = self._spikes(audio, state)
-        times = (sample + first_sample) / float(self.config.sample_rate)
-        return SpikeEvents(times, channel, self.config.channels)
+        return self.process_many([(samples, state, final)])[0]
+
+    def process_many(
+        self, chunks: list[tuple[np.ndarray, CochleaState, bool]]
+    ) -> list[SpikeEvents]:
+        """:meth:`process` for chunks of several streams (one chunk per stream) in one
+        kernel call: one release of the GIL for all of them, so a worker thread runs
+        them alongside the event loop, and no per-call overhead per stream."""
+        audio, states = [], []
+        for samples, state, final in chunks:
+            if state.finished:
+                raise AudioError("this stream has already been finished")
+            x = to_mono_float(np.asarray(samples))
+            if state.resampler is not None:
+                x = state.resampler.resample_chunk(x, last=final)
+            state.finished = final
+            audio.append(x)
+            states.append(state)
+        firsts = [state.samples_done for state in states]
+        rate = float(self.config.sample_rate)
+        return [
+            SpikeEvents((sample + first) / rate, channel, self.config.channels)
+            for (sample, channel), first in zip(self._spikes(audio, states), firsts, strict=True)
+        ]
 
     def counts(self, audio: np.ndarray, state: CochleaState) -> np.ndarray:
         """Run internal-rate audio through the cochlea; spikes per sample ``[n, channels]``."""
         counts = np.zeros((len(audio), self.config.channels), np.uint8)
-        sample, channel = self._spikes(audio, state)
+        [(sample, channel)] = self._spikes([audio], [state])
         np.add.at(counts, (sample, channel), 1)
         return counts
 
-    def _spikes(self, audio: np.ndarray, state: CochleaState) -> tuple[np.ndarray, np.ndarray]:
-        """Sample index (within ``audio``, int64) and channel (int32) of every spike."""
-        x = audio.astype(np.float64)
+    def _spikes(
+        self, audio: list[np.ndarray], states: list[CochleaState]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per stream: sample index (within its audio, int64) and channel (int32) of
+        every spike."""
         cfg = self.config
+        x = np.concatenate(audio, dtype=np.float64) if audio else np.zeros(0)
+        x_bounds = np.cumsum([0] + [len(a) for a in audio])
+        filters, adaptation, membranes, refractory = (
+            _stack([getattr(s, name) for s in states])
+            for name in ("filters", "adaptation", "membranes", "refractory")
+        )
         # Room for a typical spike rate; when the kernel could run out it stops
-        # early, and resumes here with twice the room.
-        capacity = cfg.channels * cfg.fibres_per_channel + len(x) * cfg.channels // 16
+        # early, and resumes there with twice the room.
+        capacity = len(states) * cfg.channels * cfg.fibres_per_channel + len(x) * cfg.channels // 16
         sample = np.empty(capacity, np.int64)
         channel = np.empty(capacity, np.int32)
-        done, n_events = 0, 0
-        while done < len(x):
-            done, n_events = _cochlea_kernel(
+        event_bounds = np.zeros(len(states) + 1, np.int64)
+        stream, done, n_events = 0, 0, 0
+        while stream < len(states):
+            stream, done, n_events = _cochlea_streams_kernel(
                 x,
+                x_bounds,
+                stream,
                 done,
                 self._b,
                 self._a,
-                state.filters,
-                state.adaptation,
-                state.membranes,
-                state.refractory,
+                filters,
+                adaptation,
+                membranes,
+                refractory,
                 self._fibre_gain,
                 cfg.saturation,
                 cfg.adaptation_strength,
@@ -185,16 +210,91 @@ class Cochlea:
                 sample,
                 channel,
                 n_events,
+                event_bounds,
             )
-            if done < len(x):
+            if stream < len(states):
                 sample = np.concatenate([sample[:n_events], np.empty(len(sample), np.int64)])
                 channel = np.concatenate([channel[:n_events], np.empty(len(channel), np.int32)])
-        state.samples_done += len(x)
-        return sample[:n_events], channel[:n_events].copy()  # not a view of the spare room
+        spikes = []
+        for k, state in enumerate(states):
+            if len(states) > 1:  # copies: write back (one stream's arrays are views)
+                state.filters[...] = filters[k]
+                state.adaptation[...] = adaptation[k]
+                state.membranes[...] = membranes[k]
+                state.refractory[...] = refractory[k]
+            state.samples_done += len(audio[k])
+            events = slice(event_bounds[k], event_bounds[k + 1])
+            spikes.append((sample[events], channel[events].copy()))  # not views of spare room
+        return spikes
 
     def encode(self, samples: np.ndarray, sample_rate: int) -> SpikeEvents:
         """Whole-signal convenience: a fresh stream fed once and finished."""
         return self.process(samples, self.new_state(sample_rate), final=True)
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """``np.stack``, but a view for a single array: one stream (20 ms chunks of a
+    single client, whole files) pays no copies."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
+@numba.njit(cache=True, nogil=True)
+def _cochlea_streams_kernel(
+    x,
+    x_bounds,
+    stream,
+    start,
+    b,
+    a,
+    filters,
+    adaptation,
+    membranes,
+    refractory,
+    fibre_gain,
+    saturation,
+    adaptation_strength,
+    adaptation_alpha,
+    membrane_alpha,
+    refractory_samples,
+    event_sample,
+    event_channel,
+    n_events,
+    event_bounds,
+):
+    """:func:`_cochlea_kernel` for streams ``stream, stream + 1, ...`` in turn, stream
+    ``k`` running ``x[x_bounds[k]:x_bounds[k + 1]]`` from sample ``start`` (0 after
+    the first) with the states ``filters[k]``, ...; stream ``k``'s events end at
+    ``event_bounds[k + 1]``.  Stops where the event arrays could run out and returns
+    ``(stream, next sample, n_events)`` to resume from; the stream count when done.
+    """
+    n_streams = x_bounds.shape[0] - 1
+    while stream < n_streams:
+        chunk = x[x_bounds[stream] : x_bounds[stream + 1]]
+        start, n_events = _cochlea_kernel(
+            chunk,
+            start,
+            b,
+            a,
+            filters[stream],
+            adaptation[stream],
+            membranes[stream],
+            refractory[stream],
+            fibre_gain,
+            saturation,
+            adaptation_strength,
+            adaptation_alpha,
+            membrane_alpha,
+            refractory_samples,
+            event_sample,
+            event_channel,
+            n_events,
+        )
+        if start < chunk.shape[0]:
+            return stream, start, n_events
+        event_bounds[stream + 1] = n_events
+        stream += 1
+        start = 0
+    return stream, 0, n_events
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True, error_model="numpy")

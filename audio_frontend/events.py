@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 
@@ -97,16 +98,15 @@ class SpikeBinner:
     def add(self, events: SpikeEvents, complete_until_sample: int) -> np.ndarray:
         """Count ``events`` and return the bins that end at or before the given sample."""
         if len(events):
-            sample = np.rint(events.times * self.sample_rate).astype(np.int64)
-            index = sample // self.bin_samples - self.next_bin
-            if index.min() < 0:
+            args = (events.times, events.channels, self.sample_rate, self.bin_samples)
+            needed = _count_into(*args, self.next_bin, self._pending)
+            if needed < 0:
                 raise ValueError("spike events arrived for a time that has already been binned")
-            needed = int(index.max()) + 1
-            if needed > len(self._pending):
+            if needed > len(self._pending):  # grow, then count (nothing was counted yet)
                 grown = np.zeros((needed, self.n_channels), np.float32)
                 grown[: len(self._pending)] = self._pending
                 self._pending = grown
-            self._pending[:needed] += count_cells(index, events.channels, needed, self.n_channels)
+                _count_into(*args, self.next_bin, self._pending)
         complete = complete_until_sample // self.bin_samples - self.next_bin
         return self._take(max(0, complete))
 
@@ -122,3 +122,27 @@ class SpikeBinner:
         done, self._pending = self._pending[:n], self._pending[n:]
         self.next_bin += n
         return done
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_into(times, channels, sample_rate, bin_samples, first_bin, pending):
+    """Count events into ``pending`` (row 0 = bin ``first_bin``), as
+    ``count_cells`` on ``rint(times * sample_rate) // bin_samples`` would, in one
+    pass without temporary arrays (a streaming chunk holds only a few events).
+
+    Returns the rows the events need; -1 (nothing counted) when an event falls
+    before ``first_bin``, and nothing is counted either when ``pending`` is too
+    short for them: the caller grows it and calls again.
+    """
+    needed = 0
+    for k in range(times.shape[0]):
+        row = np.int64(np.rint(times[k] * sample_rate)) // bin_samples - first_bin
+        if row < 0:
+            return -1
+        needed = max(needed, row + 1)
+    if needed > pending.shape[0]:
+        return needed
+    for k in range(times.shape[0]):
+        row = np.int64(np.rint(times[k] * sample_rate)) // bin_samples - first_bin
+        pending[row, channels[k]] += 1.0
+    return needed

@@ -461,7 +461,9 @@ def pid_listening_on(port: int) -> int | None:
 
 
 class ProcessMonitor:
-    """CPU time and peak RSS of one process, sampled in a thread every ``interval`` s."""
+    """CPU time and peak RSS of one process and its children (``spikeear serve
+    --workers N`` runs N worker processes under a supervisor), summed, sampled in
+    a thread every ``interval`` s."""
 
     def __init__(self, pid: int | None, interval: float = 0.2) -> None:
         import psutil
@@ -476,13 +478,16 @@ class ProcessMonitor:
     def _sample(self) -> tuple[float, float, int] | None:
         if self.process is None:
             return None
+        cpu_s, rss = 0.0, 0
         try:
-            with self.process.oneshot():
-                cpu = self.process.cpu_times()
-                rss = self.process.memory_info().rss
+            for process in [self.process, *self.process.children(recursive=True)]:
+                with process.oneshot():
+                    cpu = process.cpu_times()
+                    cpu_s += cpu.user + cpu.system
+                    rss += process.memory_info().rss
         except Exception:
             return None
-        sample = (time.monotonic(), cpu.user + cpu.system, rss)
+        sample = (time.monotonic(), cpu_s, rss)
         self.peak_rss = max(self.peak_rss, rss)
         self.samples.append(sample)
         return sample

@@ -42,6 +42,14 @@ class WordEvent(NamedTuple):
     alternatives: tuple[tuple[str, float], ...] = ()
 
 
+class Boundary(NamedTuple):
+    """What one bin did to the word boundaries."""
+
+    opened: bool  # a word starts (its onset bins included)
+    active: bool  # speech activity inside a word, the opening bin included
+    closed: bool  # the word ends with this bin
+
+
 @dataclass
 class DecoderState:
     allowed: np.ndarray  # bool [classes]: words this stream may report
@@ -56,6 +64,12 @@ class DecoderState:
     evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
     leader: int = -1
     onset_history: list[np.ndarray] = field(default_factory=list)
+
+    def copy(self) -> DecoderState:
+        """A shallow copy (faster than ``copy.copy``, which goes through pickling hooks)."""
+        twin = object.__new__(DecoderState)
+        twin.__dict__.update(self.__dict__)
+        return twin
 
 
 class Decoder:
@@ -72,6 +86,8 @@ class Decoder:
         self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
         self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
         self.silence = np.array([w == SILENCE for w in vocabulary])
+        self.speech = ~self.silence
+        self.has_silence = bool(self.silence.any())
 
     def new_state(self, words: list[str] | None = None) -> DecoderState:
         """``words`` restricts what may be reported (the fillers always stay)."""
@@ -88,88 +104,107 @@ class Decoder:
         self, state: DecoderState, probabilities: np.ndarray, activity: float
     ) -> list[WordEvent]:
         """Advance one bin: ``probabilities`` of the classes, ``activity`` = input spikes."""
-        cfg = self.config
         events: list[WordEvent] = []
+        # While idle, keep the last bins: a word's evidence starts at its onset.
+        was_in_word = state.in_word
+        if not was_in_word:
+            state.onset_history = [*state.onset_history, probabilities][-self.onset_bins :]
+        else:
+            state.evidence = state.evidence + probabilities
+        boundary = self.endpoint(state, activity)
+        if boundary.opened:
+            # A word that takes over from a provisional one starts with this bin alone.
+            state.evidence = (
+                probabilities.copy() if was_in_word else np.sum(state.onset_history, axis=0)
+            )
+            state.leader = -1
+        if boundary.active:
+            events += self._partial(state)
+        if boundary.closed:
+            events += self._final(state, state.bin_index * self.bin_s)
+        return events
+
+    def endpoint(self, state: DecoderState, activity: float) -> Boundary:
+        """The word-boundary part of :meth:`step`: it depends on the input activity
+        alone, so a copy of the state can look ahead to where words end (the
+        recognizer batches the network over the segments between them)."""
+        cfg = self.config
         first_bin = state.floor < 0
         if first_bin or activity < state.floor:
             state.floor = activity
         else:
             state.floor += self.floor_rise * (activity - state.floor)
         active = activity >= max(self.min_activity, cfg.floor_ratio * state.floor)
+        opened = closed = False
         if first_bin and activity >= self.min_activity:
             # A loud start is either a word already under way (a trimmed recording)
-            # or steady background noise: hold a provisional word from bin 0.
-            self._open(state, [])
+            # or steady background noise: hold a provisional word from this bin.
             state.provisional_level = activity
+            opened = active = True
         elif state.provisional_level:
             if activity >= cfg.floor_ratio * state.provisional_level:
                 # A clear rise above the opening level: that level was background (or
-                # a soft beginning), so the word starts here.  The network goes on
-                # without a reset: the rise may be the middle of the word.
+                # a soft beginning), so a word starts here, without a network rest.
                 state.provisional_level = 0.0
-                self._open(state, [])
+                opened = active = True
             else:  # the provisional word lasts while the input stays near its level
                 active = activity >= max(
                     self.min_activity, state.provisional_level / cfg.floor_ratio
                 )
-        # While idle, keep the last bins: a word's evidence starts at its onset.
-        if not state.in_word:
-            state.onset_history = [*state.onset_history, probabilities][-self.onset_bins :]
+        if opened:
+            state.in_word = True
+            state.start_bin = state.last_active_bin = state.bin_index
+            state.quiet = 0
+        elif not state.in_word:
             state.run = state.run + 1 if active else 0
             if state.run >= self.onset_bins:
-                self._open(state, state.onset_history)
-                events += self._partial(state)
+                opened = active = state.in_word = True
+                state.start_bin = state.bin_index - self.onset_bins + 1
+                state.last_active_bin = state.bin_index
+                state.quiet = 0
+            else:
+                active = False
         else:
-            state.evidence = state.evidence + probabilities
             if active:
                 state.last_active_bin = state.bin_index
                 state.quiet = 0
-                events += self._partial(state)
             else:
                 state.quiet += 1
             length = state.bin_index - state.start_bin + 1
             if state.quiet >= self.hangover_bins or length >= self.max_word_bins:
-                events += self._final(state)
+                closed = True
+                _close(state)
         state.bin_index += 1
-        return events
-
-    def _open(self, state: DecoderState, onset: list[np.ndarray]) -> None:
-        """Open a word whose first bins are ``onset`` (ending at the current bin)."""
-        state.in_word = True
-        state.start_bin = state.bin_index - max(len(onset), 1) + 1
-        state.last_active_bin = state.bin_index
-        state.quiet = 0
-        state.evidence = np.sum(onset, axis=0) if onset else np.zeros(len(self.vocabulary))
-        state.leader = -1
+        return Boundary(opened, active, closed)
 
     def flush(self, state: DecoderState) -> list[WordEvent]:
         """End of stream: finalise a word in progress."""
-        return self._final(state) if state.in_word else []
+        # Decided one bin after the last one counted, as a word closed by quiet would be.
+        return self._final(state, (state.bin_index + 1) * self.bin_s) if state.in_word else []
 
-    def _scores(self, state: DecoderState) -> np.ndarray:
-        """Shares of the evidence among the speech classes this stream may report.
+    def _speech_scores(self, state: DecoderState) -> np.ndarray | None:
+        """Shares of the evidence among the speech classes this stream may report, or
+        None where silence has more evidence than any of them.
 
-        Silence is left out so that the quiet bins of a segment do not dilute the
-        word's confidence; it wins only through :meth:`_silence_wins`.
+        Silence is left out of the shares so that the quiet bins of a segment do not
+        dilute the word's confidence; it wins only by returning None.
         """
-        scores = np.where(state.allowed & ~self.silence, state.evidence, 0.0)
-        return scores / max(scores.sum(), 1e-9)
-
-    def _silence_wins(self, state: DecoderState) -> bool:
-        speech = np.where(state.allowed & ~self.silence, state.evidence, 0.0)
-        return bool(np.any(self.silence)) and state.evidence[self.silence].max() > speech.max()
+        speech = np.where(state.allowed & self.speech, state.evidence, 0.0)
+        if self.has_silence and state.evidence[self.silence].max() > speech.max():
+            return None
+        return speech / max(speech.sum(), 1e-9)
 
     def _partial(self, state: DecoderState) -> list[WordEvent]:
-        if self._silence_wins(state):
+        scores = self._speech_scores(state)
+        if scores is None:
             return []
-        scores = self._scores(state)
         leader = int(scores.argmax())
         if leader == state.leader:
             return []
         state.leader = leader
         if self.filler[leader]:
             return []
-        now = (state.bin_index + 1) * self.bin_s
+        now = state.bin_index * self.bin_s  # the end of the bin just counted
         return [
             WordEvent(
                 "partial",
@@ -181,17 +216,16 @@ class Decoder:
             )
         ]
 
-    def _final(self, state: DecoderState) -> list[WordEvent]:
-        state.in_word = False
-        state.provisional_level = 0.0
-        state.run = 0
+    def _final(self, state: DecoderState, now: float) -> list[WordEvent]:
+        """The word that has just closed, decided at ``now`` (seconds)."""
+        _close(state)
         state.onset_history = []
         cfg = self.config
         if state.last_active_bin - state.start_bin + 1 < self.min_word_bins:
             return []
-        if self._silence_wins(state):
+        scores = self._speech_scores(state)
+        if scores is None:
             return []
-        scores = self._scores(state)
         order = np.argsort(scores)[::-1]
         best = int(order[0])
         confidence = float(scores[best])
@@ -205,9 +239,15 @@ class Decoder:
                 "final",
                 self.vocabulary[best],
                 confidence,
-                (state.bin_index + 1) * self.bin_s,
+                now,
                 state.start_bin * self.bin_s,
                 (state.last_active_bin + 1) * self.bin_s,
                 alternatives,
             )
         ]
+
+
+def _close(state: DecoderState) -> None:
+    state.in_word = False
+    state.run = 0
+    state.provisional_level = 0.0

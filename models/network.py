@@ -180,20 +180,36 @@ class RecurrentLayer(nn.Module):
         zeros = torch.zeros(batch, self.n_out, device=self.alpha.device)
         return AdLIFState(zeros, zeros.clone(), zeros.clone())
 
-    def advance(self, current: torch.Tensor, state: AdLIFState) -> tuple[torch.Tensor, AdLIFState]:
+    def step_weights(self) -> LayerWeights:
+        """What every step of a sequence uses: built once per sequence, not per step
+        (the per-step loop is dominated by the number of small tensor operations)."""
+        recurrent = None
         if self.recurrent is not None:
-            current = current + state.s @ effective_weight(self.recurrent.weight, self.kind).t()
+            # A transposed view, not a contiguous copy: the matmul then sums in the
+            # same order as it always has, so outputs stay bit-identical.
+            recurrent = effective_weight(self.recurrent.weight, self.kind).t()
+        return LayerWeights(recurrent, AdLIFParameters.of(self.alpha, self.beta, self.a, self.b))
+
+    def advance(
+        self, current: torch.Tensor, state: AdLIFState, weights: LayerWeights
+    ) -> tuple[torch.Tensor, AdLIFState]:
+        if weights.recurrent is not None:
+            current = current + state.s @ weights.recurrent
         if self.kind == "spiking":
-            params = AdLIFParameters(self.alpha, self.beta, self.a, self.b)
-            out, new_state = adlif_step(current, state, params)
+            out, new_state = adlif_step(current, state, weights.neuron)
         elif self.kind == "analog":
-            u = leaky_step(current, state.u, self.alpha)
+            u = leaky_step(current, state.u, weights.neuron.alpha, weights.neuron.gain)
             out = torch.relu(u)
             new_state = AdLIFState(u, state.w, out)
         else:  # binary: no membrane memory, {0, 1} activations
             out = spike(current + 1.0)
             new_state = AdLIFState(current, state.w, out)
         return (self.dropout(out) if self.training else out), new_state
+
+
+class LayerWeights(NamedTuple):
+    recurrent: torch.Tensor | None  # [n_out, n_out], transposed for ``spikes @ recurrent``
+    neuron: AdLIFParameters
 
 
 def _uniform_decay(n: int, tau_min: float, tau_max: float) -> torch.Tensor:
@@ -236,18 +252,20 @@ class Classifier(nn.Module):
         layer_states = []
         for layer, layer_state in zip(self.layers, state.layers, strict=True):
             currents = layer.project(signal)
+            weights = layer.step_weights()
             outputs = []
             for t in range(time):
-                out, layer_state = layer.advance(currents[:, t], layer_state)
+                out, layer_state = layer.advance(currents[:, t], layer_state, weights)
                 outputs.append(out)
             signal = torch.stack(outputs, dim=1)
             activity.append(signal)
             layer_states.append(layer_state)
         drive = self.readout(signal)
         readout = state.readout
+        gain = 1.0 - self.readout_alpha
         evidence = []
         for t in range(time):
-            readout = leaky_step(drive[:, t], readout, self.readout_alpha)
+            readout = leaky_step(drive[:, t], readout, self.readout_alpha, gain)
             evidence.append(readout)
         return torch.stack(evidence, dim=1), NetworkState(tuple(layer_states), readout), activity
 

@@ -49,20 +49,32 @@ class AdLIFState(NamedTuple):
 
 
 class AdLIFParameters(NamedTuple):
+    """Per-neuron constants of a layer, built once per sequence rather than every step."""
+
     alpha: torch.Tensor  # membrane decay per step [neurons]
     beta: torch.Tensor  # adaptation decay per step
     a: torch.Tensor  # subthreshold coupling
     b: torch.Tensor  # spike-triggered adaptation
+    gain: torch.Tensor  # 1 - alpha: the input's share
+
+    @classmethod
+    def of(
+        cls, alpha: torch.Tensor, beta: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> AdLIFParameters:
+        return cls(alpha, beta, a, b, 1.0 - alpha)
 
 
 def adlif_step(
     current: torch.Tensor, state: AdLIFState, p: AdLIFParameters
 ) -> tuple[torch.Tensor, AdLIFState]:
     w = p.beta * state.w + p.a * state.u + p.b * state.s
-    u = p.alpha * (state.u - state.s) + (1.0 - p.alpha) * (current - w)
+    u = p.alpha * (state.u - state.s) + p.gain * (current - w)
     s = spike(u)
     return s, AdLIFState(u, w, s)
 
 
-def leaky_step(current: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    return alpha * u + (1.0 - alpha) * current
+def leaky_step(
+    current: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor, gain: torch.Tensor
+) -> torch.Tensor:
+    """``gain`` is ``1 - alpha``, passed in so that a loop computes it once."""
+    return alpha * u + gain * current

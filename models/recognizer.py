@@ -17,17 +17,17 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from audio_frontend.audio_io import check_sample_rate, to_mono_float
+from audio_frontend.audio_io import check_sample_rate
 from audio_frontend.cochlea import Cochlea, CochleaState
 from audio_frontend.events import SpikeBinner, SpikeEvents
 from models.decoding import Decoder, DecoderConfig, DecoderState, WordEvent
 from models.model_file import ModelBundle
-from models.network import StatePool
+from models.network import NetworkState, StatePool
 from models.vocabulary import SILENCE, UNKNOWN
 
 PICOJOULES_PER_AC = 0.9  # 45 nm accumulate (Horowitz 2014)
 PICOJOULES_PER_MAC = 4.6  # 45 nm multiply-accumulate
-MAX_SEQUENCE_BINS = 25  # a reset part-way wastes at most this many bins of work
+DRAIN_BINS = 3000  # transcription batches the network over about this many bins (60 s)
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,22 @@ class Recognizer:
 
     def feed_audio(self, stream: Stream, samples: np.ndarray, final: bool = False) -> int:
         """Run the cochlea on a chunk; returns how many bins are now ready."""
-        if stream.finished:
-            raise ValueError("stream already finished")
-        events = self.cochlea.process(to_mono_float(samples), stream.cochlea, final=final)
-        stream.input_spikes += len(events)
-        stream.ready.extend(stream.binner.add(events, stream.cochlea.samples_done))
-        if final:
-            self._finish(stream)
+        self.feed_audio_many([(stream, samples, final)])
         return len(stream.ready)
+
+    def feed_audio_many(self, chunks: list[tuple[Stream, np.ndarray, bool]]) -> None:
+        """Chunks of several streams (one each) through one cochlea kernel call."""
+        for stream, _, _ in chunks:
+            if stream.finished:
+                raise ValueError("stream already finished")
+        all_events = self.cochlea.process_many(
+            [(samples, stream.cochlea, final) for stream, samples, final in chunks]
+        )
+        for (stream, _, final), events in zip(chunks, all_events, strict=True):
+            stream.input_spikes += len(events)
+            stream.ready.extend(stream.binner.add(events, stream.cochlea.samples_done))
+            if final:
+                self._finish(stream)
 
     def feed_spikes(self, stream: Stream, events: SpikeEvents, final: bool = False) -> int:
         """Spike events from an external cochlea; times must not go back."""
@@ -162,7 +170,7 @@ class Recognizer:
         stream.finished = True
 
     # ----- stepping ---------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, streams: list[Stream]) -> list[list[WordEvent]]:
         """Advance each stream by one ready bin, all in one network batch (step mode)."""
         if not streams:
@@ -175,79 +183,139 @@ class Recognizer:
             )
             self.pool.scatter(rows, state)
         probabilities = evidence.softmax(-1).numpy()
-        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)  # [streams, layers]
+        # Per-stream accounting for all streams at once: [streams] each.
+        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)
+        input_spikes = bins.sum(axis=1)
+        hidden_spikes = layer_spikes.sum(axis=1).tolist()
+        input_ops = (input_spikes * self._fan_out[0]).tolist()
+        hidden_ops = (layer_spikes @ self._fan_out[1:]).tolist()
         results = []
         for i, stream in enumerate(streams):
-            _, events = self._decode(
-                stream, bins[i : i + 1], probabilities[i : i + 1], layer_spikes[i : i + 1]
-            )
+            spikes = input_spikes[i : i + 1]
+            if self._rests(stream, spikes):
+                with self.pool.lock:
+                    self.pool.reset(stream.row)
             del stream.ready[0]
+            events = self._decode(stream, spikes, probabilities[i : i + 1], bins[i])
+            stream.hidden_spikes += int(hidden_spikes[i])
+            stream.synaptic_ops += int(input_ops[i]) + int(hidden_ops[i])
             results.append(events)
         return results
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def drain(self, stream: Stream) -> list[WordEvent]:
         """Run one stream through all its ready bins (sequence mode, for batch work).
 
-        Gives the same events as stepping bin by bin: when the decoder resets the
-        network part-way through a sequence, the bins after the reset are run again
-        from rest.
+        Gives the same events as stepping bin by bin.  The network goes back to
+        rest after every word and long pause, at bins known from the input
+        activity alone, so the segments between them are independent sequences:
+        they go through the network side by side as one batch, which takes far
+        fewer (and fuller) steps than one long sequence.
         """
-        events: list[WordEvent] = []
-        while stream.ready:
-            bins = np.stack(stream.ready[:MAX_SEQUENCE_BINS])
-            rows = torch.tensor([stream.row])
-            with self.pool.lock:
-                evidence, state, activity = self.network(
-                    torch.from_numpy(bins)[None], self.pool.gather(rows)
-                )
-                self.pool.scatter(rows, state)
-            probabilities = evidence[0].softmax(-1).numpy()
-            layer_spikes = np.stack([a[0].sum(-1).numpy() for a in activity], axis=1)
-            used, new_events = self._decode(stream, bins, probabilities, layer_spikes)
-            del stream.ready[:used]
-            events += new_events
+        if not stream.ready:
+            return []
+        bins = np.stack(stream.ready)
+        stream.ready.clear()
+        activity = bins.sum(axis=1)
+        rests = self._rests(stream, activity)
+        probabilities, layer_spikes = self._segments(stream, bins, rests)
+        events = self._decode(stream, activity, probabilities, bins.sum(axis=0))
+        stream.hidden_spikes += int(layer_spikes.sum())
+        stream.synaptic_ops += int(activity.sum() * self._fan_out[0])
+        stream.synaptic_ops += int((layer_spikes @ self._fan_out[1:]).sum())
         return events
 
-    def _decode(
-        self, stream: Stream, bins: np.ndarray, probabilities: np.ndarray, layer_spikes: np.ndarray
-    ) -> tuple[int, list[WordEvent]]:
-        """Per-bin bookkeeping after the network: accounting, decoding, resets.
+    def _segments(
+        self, stream: Stream, bins: np.ndarray, rests: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``[bins, classes]`` and hidden spikes ``[bins, layers]`` of
+        consecutive bins, the network resting after each bin in ``rests``.
 
-        Returns how many bins were used: all of them, or those up to a reset of the
-        network (the rest must go through the network again, from rest).
+        The first segment continues from the stream's network state; the last one,
+        unless it ends in a rest, leaves its state there.  Segments ending in a rest
+        run together as one zero-padded batch (padding only follows a segment's own
+        bins, so it changes nothing that is kept); an open last segment runs on its
+        own, so that its final state is exact.
         """
-        events: list[WordEvent] = []
-        activity = bins.sum(axis=1)
-        used = len(bins)
-        for t in range(len(bins)):
-            word_was_open = stream.decoder.in_word
-            events += self.decoder.step(stream.decoder, probabilities[t], float(activity[t]))
-            stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
-            stream.bins_done += 1
-            # Training clips start from rest: so does the network after each word and
-            # after a long pause, and no word's state leaks into the next.
-            if (word_was_open and not stream.decoder.in_word) or (
-                stream.idle_bins >= self._reset_after_bins
-            ):
-                stream.idle_bins = 0
-                with self.pool.lock:
+        edges = [0, *(r + 1 for r in rests)]
+        if edges[-1] < len(bins):
+            edges.append(len(bins))
+        closed = [(a, b) for a, b in itertools.pairwise(edges) if b - 1 in rests]
+        open_tail = [] if edges[-1] - 1 in rests else [(edges[-2], edges[-1])]
+        rows = torch.tensor([stream.row])
+        probabilities = np.empty((len(bins), self.network.config.n_classes), np.float32)
+        layer_spikes = np.empty((len(bins), len(self.network.config.hidden)), np.float32)
+        for group in (closed, open_tail):
+            if not group:
+                continue
+            x = np.zeros((len(group), max(b - a for a, b in group), bins.shape[1]), np.float32)
+            for k, (a, b) in enumerate(group):
+                x[k, : b - a] = bins[a:b]
+            with self.pool.lock:
+                state = self.network.initial_state(len(group))
+                if group[0][0] == 0:  # the stream's own state carries into its first segment
+                    state = NetworkState.from_tensors(
+                        [
+                            torch.cat([carried, rest[1:]])
+                            for carried, rest in zip(
+                                self.pool.gather(rows).tensors(), state.tensors(), strict=True
+                            )
+                        ]
+                    )
+                evidence, state, activity = self.network(torch.from_numpy(x), state)
+                if group is open_tail:
+                    self.pool.scatter(rows, state)
+                else:
                     self.pool.reset(stream.row)
-                used = t + 1
-                break
-        stream.hidden_spikes += int(layer_spikes[:used].sum())
-        stream.synaptic_ops += int(activity[:used].sum() * self._fan_out[0])
-        stream.synaptic_ops += int((layer_spikes[:used] @ self._fan_out[1:]).sum())
-        last_input = bins[:used].sum(axis=0)
+            group_probabilities = evidence.softmax(-1).numpy()
+            group_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=-1)
+            for k, (a, b) in enumerate(group):
+                probabilities[a:b] = group_probabilities[k, : b - a]
+                layer_spikes[a:b] = group_spikes[k, : b - a]
+        return probabilities, layer_spikes
+
+    def _rests(self, stream: Stream, activity: np.ndarray) -> list[int]:
+        """Indices of the bins after which the network goes back to rest.
+
+        Training clips start from rest: so does the network after each word and
+        after a long pause, and no word's state leaks into the next.  Word ends
+        depend on the input activity alone: a copy of the decoder's state finds
+        them ahead of the network (the decoder itself then steps the same way).
+        """
+        decoder = stream.decoder.copy()  # endpoint() only rebinds its scalar fields
+        rests = []
+        for t, spikes in enumerate(activity.tolist()):
+            word_ended = self.decoder.endpoint(decoder, spikes).closed
+            stream.idle_bins = 0 if decoder.in_word else stream.idle_bins + 1
+            if word_ended or stream.idle_bins >= self._reset_after_bins:
+                stream.idle_bins = 0
+                rests.append(t)
+        return rests
+
+    def _decode(
+        self,
+        stream: Stream,
+        activity: np.ndarray,
+        probabilities: np.ndarray,
+        input_counts: np.ndarray,
+    ) -> list[WordEvent]:
+        """Decoding of consecutive bins after the network: ``activity`` is their input
+        spikes per bin, ``input_counts`` per channel, summed over the bins."""
+        events: list[WordEvent] = []
+        for t, spikes in enumerate(activity.tolist()):
+            events += self.decoder.step(stream.decoder, probabilities[t], spikes)
+        stream.bins_done += len(activity)
         previous = (
-            stream.activity.input_counts if stream.activity is not None else np.zeros(bins.shape[1])
+            stream.activity.input_counts
+            if stream.activity is not None
+            else np.zeros(len(input_counts))
         )
         stream.activity = StreamActivity(
-            stream.bins_done, previous + last_input, last_input, probabilities[used - 1].copy()
+            stream.bins_done, previous + input_counts, input_counts, probabilities[-1].copy()
         )
-        if stream.finished and len(stream.ready) <= used:
+        if stream.finished and not stream.ready:
             events += self.decoder.flush(stream.decoder)
-        return used, self._visible(stream, events)
+        return self._visible(stream, events)
 
     def _visible(self, stream: Stream, events: list[WordEvent]) -> list[WordEvent]:
         keep = []
@@ -269,8 +337,8 @@ class Recognizer:
         with self.opened(options or StreamOptions(sample_rate=sample_rate)) as stream:
             for chunk in chunks:
                 samples += len(chunk)
-                self.feed_audio(stream, chunk)
-                words += self.drain(stream)
+                if self.feed_audio(stream, chunk) >= DRAIN_BINS:
+                    words += self.drain(stream)
             self.feed_audio(stream, np.zeros(0, np.float32), final=True)
             words += self.drain(stream)
         return Transcript(

@@ -169,6 +169,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     session: Session | None = None
     sender: asyncio.Task | None = None
     pending_limit = int(settings.max_pending_seconds / recognizer.bin_s)
+    audio_seconds = services.metrics.audio_seconds.labels("v1")  # looked up once, not per chunk
     services.metrics.active_streams.labels("v1").inc()
     try:
         while True:
@@ -207,7 +208,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
             while session.pending_bins > pending_limit:
                 await session.processed()
             await _feed(session, config, data)
-            services.metrics.audio_seconds.labels("v1").inc(
+            audio_seconds.inc(
                 len(data) / (2 if config.format == "s16le" else 4) / config.sample_rate
                 if config.input == "audio"
                 else 0.0
