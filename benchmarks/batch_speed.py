@@ -87,6 +87,17 @@ def blocks(audio: np.ndarray) -> list[np.ndarray]:
     return [audio[i : i + step] for i in range(0, len(audio), step)]
 
 
+def _rates(timing: dict, seconds: float) -> dict:
+    """Audio length, wall and CPU time of a :func:`timed` run, and both per audio second."""
+    return {
+        "audio_s": seconds,
+        "wall_s": timing["wall_s"],
+        "cpu_s": timing["cpu_s"],
+        "rtf_wall": timing["wall_s"] / seconds,
+        "rtf_cpu": timing["cpu_s"] / seconds,
+    }
+
+
 def timed(fn, repeats: int) -> dict:
     fn()  # warm-up: numba cache load, allocator, torch kernels
     walls, cpus, result = [], [], None
@@ -135,11 +146,7 @@ def measure_in_process(model: str, audio: np.ndarray, repeats: int) -> dict:
     transcript = full.pop("result")
     front.pop("result")
     return {
-        "audio_s": seconds,
-        "wall_s": full["wall_s"],
-        "cpu_s": full["cpu_s"],
-        "rtf_wall": full["wall_s"] / seconds,
-        "rtf_cpu": full["cpu_s"] / seconds,
+        **_rates(full, seconds),
         "cochlea_cpu_s": front["cpu_s"],
         "cochlea_rtf_cpu": front["cpu_s"] / seconds,
         "network_decoder_rtf_cpu": (full["cpu_s"] - front["cpu_s"]) / seconds,
@@ -171,11 +178,7 @@ def measure_testclient(model: str, wav: bytes, seconds: float, repeats: int) -> 
         result = timed(post, repeats)
     body = result.pop("result")
     return {
-        "audio_s": seconds,
-        "wall_s": result["wall_s"],
-        "cpu_s": result["cpu_s"],
-        "rtf_wall": result["wall_s"] / seconds,
-        "rtf_cpu": result["cpu_s"] / seconds,
+        **_rates(result, seconds),
         "server_reported_rtf": body["stats"]["real_time_factor"],
         "words": len(body["words"]),
         "wall_all": result["wall_all"],

@@ -140,30 +140,27 @@ class Decoder:
             # A loud start is either a word already under way (a trimmed recording)
             # or steady background noise: hold a provisional word from this bin.
             state.provisional_level = activity
-            opened = active = True
+            opened, start = True, state.bin_index
         elif state.provisional_level:
             if activity >= cfg.floor_ratio * state.provisional_level:
                 # A clear rise above the opening level: that level was background (or
                 # a soft beginning), so a word starts here, without a network rest.
                 state.provisional_level = 0.0
-                opened = active = True
+                opened, start = True, state.bin_index
             else:  # the provisional word lasts while the input stays near its level
                 active = activity >= max(
                     self.min_activity, state.provisional_level / cfg.floor_ratio
                 )
-        if opened:
-            state.in_word = True
-            state.start_bin = state.last_active_bin = state.bin_index
-            state.quiet = 0
         elif not state.in_word:
             state.run = state.run + 1 if active else 0
-            if state.run >= self.onset_bins:
-                opened = active = state.in_word = True
-                state.start_bin = state.bin_index - self.onset_bins + 1
-                state.last_active_bin = state.bin_index
-                state.quiet = 0
-            else:
-                active = False
+            opened, start = state.run >= self.onset_bins, state.bin_index - self.onset_bins + 1
+        if opened:
+            active = state.in_word = True
+            state.start_bin = start
+            state.last_active_bin = state.bin_index
+            state.quiet = 0
+        elif not state.in_word:
+            active = False
         else:
             if active:
                 state.last_active_bin = state.bin_index

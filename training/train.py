@@ -170,9 +170,8 @@ def load_features(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, Feature
         wanted = (spec.frontend.channels, spec.bin_ms, config.vocabulary)
         if made_for != wanted:
             raise DataError(
-                f"{config.features}: made for (channels, bin_ms, vocabulary) {made_for[:2]}, "
-                f"this run needs {wanted[:2]}"
-                + ("" if made_for[2] == wanted[2] else " and another vocabulary")
+                f"{config.features}: made for channels, bin width and vocabulary {made_for}, "
+                f"this run needs {wanted}"
             )
         summaries = meta["summaries"]
     else:
