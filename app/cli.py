@@ -89,7 +89,7 @@ def _train_config(args: argparse.Namespace, **extra):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.train import train
+    from training.train import fit_teacher, train
 
     if args.epochs < 1:
         raise CliError("--epochs must be at least 1")
@@ -97,12 +97,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError("give either --data folders or one --features pack")
     if not 0 <= args.distill < 1:
         raise CliError("--distill must be in [0, 1)")
+    if min(args.delays) < 0:
+        raise CliError("--delays must be bins >= 0")
+    if args.teacher and not args.distill:
+        raise CliError("--teacher needs --distill WEIGHT")
     config = _train_config(
         args,
         epochs=args.epochs,
         resume=args.resume,
         kind=args.kind,
         hidden=tuple(args.hidden),
+        input_delays=tuple(args.delays),
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
@@ -110,11 +115,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         early_weight=args.early_weight,
         rate_weight=args.rate_weight,
         distill_weight=args.distill,
-        teacher=args.teacher,
+        teachers=tuple(args.teacher or ()),
         teacher_epochs=args.teacher_epochs,
         teacher_width=args.teacher_width,
         time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
     )
+    if args.teacher_only:
+        path, accuracy = fit_teacher(config)
+        print(f"{path}: teacher, validation accuracy {accuracy:.3f}")
+        return
     bundle = train(config)
     print(
         f"{args.out}: {bundle.network.parameter_count()} parameters, "
@@ -388,7 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WEIGHT",
         help="share of the loss given to a convolutional teacher's soft targets (e.g. 0.7)",
     )
-    p.add_argument("--teacher", metavar="FILE", help="trained teacher (default: train one first)")
+    p.add_argument(
+        "--delays",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="BINS",
+        help="synaptic delays of the inputs, in bins (e.g. 0 2 4 6: a 120 ms delay line)",
+    )
+    p.add_argument(
+        "--teacher",
+        action="append",
+        metavar="FILE",
+        help="trained teacher; repeat for an ensemble (default: train one first)",
+    )
+    p.add_argument(
+        "--teacher-only",
+        action="store_true",
+        help="train just a teacher, to MODEL's .teacher.pt (--time-budget-min applies to it)",
+    )
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument(
         "--teacher-width", type=int, default=32, help="teacher channels (16: 5x faster on CPU)"

@@ -42,11 +42,17 @@ class NetworkConfig:
     readout_tau: float = 15.0  # time bins
     tau_u: tuple[float, float] = (5.0, 25.0)
     tau_w: tuple[float, float] = (30.0, 120.0)
+    # Synaptic delays, in bins: every input reaches the first layer once per delay,
+    # through its own weights (a delay line), so that layer sees a short window of
+    # the past as a convolution would.  (0,) is no delay line.
+    input_delays: tuple[int, ...] = (0,)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown network kind {self.kind!r} (choose from {', '.join(KINDS)})")
+        if not self.input_delays or min(self.input_delays) < 0:
+            raise ValueError(f"input delays must be bins >= 0, not {self.input_delays}")
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -56,7 +62,7 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, values: dict) -> NetworkConfig:
         values = dict(values)
-        for key in ("hidden", "tau_u", "tau_w"):
+        for key in ("hidden", "tau_u", "tau_w", "input_delays"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -65,14 +71,15 @@ class NetworkConfig:
 class NetworkState(NamedTuple):
     layers: tuple[AdLIFState, ...]
     readout: torch.Tensor  # [batch, classes]
+    history: torch.Tensor  # [batch, longest delay, inputs]: past input bins the delays still need
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for layer in self.layers for t in layer] + [self.readout]
+        return [t for layer in self.layers for t in layer] + [self.readout, self.history]
 
     @classmethod
     def from_tensors(cls, tensors: list[torch.Tensor]) -> NetworkState:
-        layers = tuple(AdLIFState(*tensors[i : i + 3]) for i in range(0, len(tensors) - 1, 3))
-        return cls(layers, tensors[-1])
+        layers = tuple(AdLIFState(*tensors[i : i + 3]) for i in range(0, len(tensors) - 2, 3))
+        return cls(layers, tensors[-2], tensors[-1])
 
 
 class StatePool:
@@ -221,7 +228,8 @@ class Classifier(nn.Module):
     def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         self.config = config
-        sizes = (config.n_inputs, *config.hidden)
+        self.longest_delay = max(config.input_delays)
+        sizes = (config.n_inputs * len(config.input_delays), *config.hidden)
         self.layers = nn.ModuleList(
             RecurrentLayer(n_in, n_out, config) for n_in, n_out in itertools.pairwise(sizes)
         )
@@ -238,7 +246,20 @@ class Classifier(nn.Module):
         return NetworkState(
             tuple(layer.initial_state(batch) for layer in self.layers),
             torch.zeros(batch, self.config.n_classes, device=device),
+            torch.zeros(batch, self.longest_delay, self.config.n_inputs, device=device),
         )
+
+    def delay_line(
+        self, x: torch.Tensor, history: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each input bin at every delay, ``[batch, time, inputs * delays]`` (delay-major),
+        and the history the next call needs."""
+        if self.longest_delay == 0:
+            return x, history
+        heard = torch.cat([history, x], dim=1)
+        time, end = x.shape[1], heard.shape[1]
+        taps = [heard[:, end - time - d : end - d] for d in self.config.input_delays]
+        return torch.cat(taps, dim=-1), heard[:, end - self.longest_delay :]
 
     def forward(
         self, x: torch.Tensor, state: NetworkState | None = None
@@ -248,7 +269,7 @@ class Classifier(nn.Module):
         batch, time, _ = x.shape
         state = state or self.initial_state(batch)
         activity = []
-        signal = x
+        signal, history = self.delay_line(x, state.history)
         layer_states = []
         for layer, layer_state in zip(self.layers, state.layers, strict=True):
             currents = layer.project(signal)
@@ -267,7 +288,11 @@ class Classifier(nn.Module):
         for t in range(time):
             readout = leaky_step(drive[:, t], readout, self.readout_alpha, gain)
             evidence.append(readout)
-        return torch.stack(evidence, dim=1), NetworkState(tuple(layer_states), readout), activity
+        return (
+            torch.stack(evidence, dim=1),
+            NetworkState(tuple(layer_states), readout, history),
+            activity,
+        )
 
     def step(
         self, x: torch.Tensor, state: NetworkState

@@ -359,17 +359,18 @@ class Recognizer:
 
     # ----- accounting -----------------------------------------------------------------------
     def _synaptic_fan_out(self) -> np.ndarray:
-        """Targets reached by one spike of: the input, then each hidden layer."""
+        """Targets reached by one spike of: the input (once per delay), then each hidden layer."""
         config = self.network.config
         sizes = [*config.hidden, config.n_classes]
         recurrent = list(config.hidden) if config.recurrent else [0] * len(config.hidden)
         return np.array(
-            [sizes[0]] + [sizes[i + 1] + recurrent[i] for i in range(len(config.hidden))]
+            [sizes[0] * len(config.input_delays)]
+            + [sizes[i + 1] + recurrent[i] for i in range(len(config.hidden))]
         )
 
     def _dense_macs(self) -> int:
         config = self.network.config
-        sizes = [config.n_inputs, *config.hidden, config.n_classes]
+        sizes = [config.n_inputs * len(config.input_delays), *config.hidden, config.n_classes]
         macs = sum(a * b for a, b in itertools.pairwise(sizes))
         if config.recurrent:
             macs += sum(h * h for h in config.hidden)

@@ -8,10 +8,12 @@ from models.network import Classifier, NetworkConfig, StatePool
 from models.vocabulary import DEFAULT_VOCABULARY
 
 
-def trained_like(kind: str = "spiking", seed: int = 0) -> Classifier:
+def trained_like(
+    kind: str = "spiking", seed: int = 0, input_delays: tuple[int, ...] = (0,)
+) -> Classifier:
     """A random network whose batch norms have seen data, so its layers spike."""
     torch.manual_seed(seed)
-    network = Classifier(NetworkConfig(hidden=(48, 32), kind=kind))
+    network = Classifier(NetworkConfig(hidden=(48, 32), kind=kind, input_delays=input_delays))
     network.train()
     with torch.no_grad():
         for _ in range(3):
@@ -24,9 +26,12 @@ def inputs(batch: int = 3, time: int = 40) -> torch.Tensor:
     return torch.poisson(torch.rand(batch, time, 64) * 4)
 
 
-@pytest.mark.parametrize("kind", ["spiking", "analog", "binary"])
-def test_step_mode_equals_sequence_mode(kind):
-    network = trained_like(kind)
+@pytest.mark.parametrize(
+    ("kind", "input_delays"),
+    [("spiking", (0,)), ("analog", (0,)), ("binary", (0,)), ("spiking", (0, 2, 5))],
+)
+def test_step_mode_equals_sequence_mode(kind, input_delays):
+    network = trained_like(kind, input_delays=input_delays)
     x = inputs()
     with torch.no_grad():
         sequence, final_state, activity = network(x)
@@ -41,8 +46,27 @@ def test_step_mode_equals_sequence_mode(kind):
         assert 0 < activity[0].mean() < 0.5  # the test is only meaningful if neurons fire
 
 
-def test_streams_stepped_together_equal_streams_stepped_alone():
-    network = trained_like()
+def test_delay_line_delivers_each_input_at_each_delay():
+    network = Classifier(NetworkConfig(n_inputs=2, hidden=(4,), input_delays=(0, 1, 3)))
+    x = torch.arange(1.0, 11.0).reshape(1, 5, 2)  # bins (1,2), (3,4), ...
+    taps, history = network.delay_line(x, network.initial_state(1).history)
+    assert taps[0, 3].tolist() == [7.0, 8.0, 5.0, 6.0, 1.0, 2.0]  # bins 3, 2 and 0
+    assert taps[0, 1].tolist() == [3.0, 4.0, 1.0, 2.0, 0.0, 0.0]  # before the start: silence
+    assert history[0].tolist() == [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]
+    # Chunked: the history carries the past into the next call.
+    first, carried = network.delay_line(x[:, :2], network.initial_state(1).history)
+    second, _ = network.delay_line(x[:, 2:], carried)
+    assert torch.equal(torch.cat([first, second], 1), taps)
+
+
+def test_negative_delays_are_refused():
+    with pytest.raises(ValueError, match="delays"):
+        NetworkConfig(input_delays=(0, -1))
+
+
+@pytest.mark.parametrize("input_delays", [(0,), (0, 3)])
+def test_streams_stepped_together_equal_streams_stepped_alone(input_delays):
+    network = trained_like(input_delays=input_delays)
     x = inputs(batch=3, time=20)
     with torch.no_grad():
         alone = []
@@ -60,11 +84,12 @@ def test_streams_stepped_together_equal_streams_stepped_alone():
 
 
 def test_model_file_round_trip(tmp_path):
-    network = trained_like()
+    network = trained_like(input_delays=(0, 4))
     bundle = ModelBundle(network, CochleaConfig(), DEFAULT_VOCABULARY, 10.0, {"name": "t"})
     bundle.save(tmp_path / "m.pt")
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.vocabulary == DEFAULT_VOCABULARY and loaded.card["name"] == "t"
+    assert loaded.network.config.input_delays == (0, 4)
     x = inputs()
     with torch.no_grad():
         assert torch.equal(network(x)[0], loaded.network(x)[0])

@@ -55,12 +55,23 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     assert len(log) == 2
     assert model.with_suffix(".teacher.pt").exists()
 
-    # A second student reuses the saved teacher instead of training one.
+    # A second teacher on its own, then a student with a delay line distilled from
+    # both teachers as an ensemble, reusing them instead of training one.
+    second = tmp_path / "second.pt"
+    args = ["--features", str(pack), "--out", str(second), "--batch-size", "2", "--seed", "1"]
+    assert main(["train", *args, "--teacher-only", "--teacher-epochs", "1"]) == 0
+    assert "teacher, validation accuracy" in capsys.readouterr().out
+    assert second.with_suffix(".teacher.pt").exists() and not second.exists()
     reused = tmp_path / "reused.pt"
     args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
-    args += ["--distill", "0.5", "--teacher", str(model.with_suffix(".teacher.pt"))]
+    args += ["--distill", "0.5", "--delays", "0", "3"]
+    for teacher in (model, second):
+        args += ["--teacher", str(teacher.with_suffix(".teacher.pt"))]
     assert main(["train", *args]) == 0
     assert not reused.with_suffix(".teacher.pt").exists()
+    student = load_model(reused)
+    assert student.network.config.input_delays == (0, 3)
+    assert student.network.layers[0].input.in_features == 2 * 64
 
 
 def _tiny_pack(path, bin_ms: float = 20.0) -> None:
@@ -80,6 +91,8 @@ def _tiny_pack(path, bin_ms: float = 20.0) -> None:
         (["--bin-ms", "10"], "made for"),
         (["--data", "{dir}"], "either --data folders or one --features pack"),
         (["--distill", "1.5"], "--distill"),
+        (["--teacher", "t.pt"], "--teacher needs --distill"),
+        (["--delays", "0", "-2"], "delays"),
     ],
 )
 def test_training_bad_input(tmp_path, extra, message):

@@ -57,6 +57,24 @@ class ConvTeacher(nn.Module):
         return teacher.eval()
 
 
+class TeacherEnsemble(nn.Module):
+    """Several trained teachers as one: the mean of their logits (an ensemble is a
+    better teacher than any of its members)."""
+
+    def __init__(self, teachers: list[ConvTeacher]) -> None:
+        super().__init__()
+        if len({t.n_classes for t in teachers}) != 1:
+            raise ValueError("the teachers were trained for different vocabularies")
+        self.members = nn.ModuleList(teachers)
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        return torch.stack([teacher(counts) for teacher in self.members]).mean(dim=0)
+
+    @classmethod
+    def load(cls, paths: list, device: torch.device) -> TeacherEnsemble:
+        return cls([ConvTeacher.load(path, device) for path in paths]).eval()
+
+
 def distillation_loss(
     student_evidence: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:

@@ -31,7 +31,7 @@ from models.vocabulary import DEFAULT_VOCABULARY
 from training.data import DataError, describe, discover, split_by_speaker
 from training.evaluate import run_network
 from training.features import FeatureSet, FeatureSpec, build_features, load_pack
-from training.teacher import ConvTeacher, distillation_loss
+from training.teacher import ConvTeacher, TeacherEnsemble, distillation_loss
 
 
 @dataclass
@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     kind: str = "spiking"
     hidden: tuple[int, ...] = (256, 256)
+    input_delays: tuple[int, ...] = (0,)  # bins; see NetworkConfig
     channels: int = 64
     bin_ms: float = 20.0
     variants: int = 3
@@ -54,7 +55,7 @@ class TrainConfig:
     max_channel_mask: int = 8
     distill_weight: float = 0.0  # share of the clip loss given to the teacher's soft targets
     temperature: float = 2.0
-    teacher: str | None = None  # a trained teacher file; trained first when missing
+    teachers: tuple[str, ...] = ()  # trained teacher files (an ensemble); trained first when none
     teacher_epochs: int = 30
     teacher_width: int = 32  # 16 trains 5x faster on a CPU, for a somewhat weaker teacher
     features: str | None = None  # a feature pack instead of ``data``
@@ -185,6 +186,11 @@ def load_features(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, Feature
     return summaries, train, val
 
 
+def epochs_within(budget_s: float, seconds_per_epoch: float, epochs_done: int, epochs: int) -> int:
+    """How many epochs fit a time budget at this pace (at least those done, at most ``epochs``)."""
+    return max(epochs_done, min(epochs, int(budget_s / seconds_per_epoch)))
+
+
 class OneCycle:
     """Learning-rate factor: linear warm-up over 15% of the steps, then cosine decay.
 
@@ -218,7 +224,11 @@ def _accuracy(probabilities: np.ndarray, features: FeatureSet) -> float:
 
 
 def train_teacher(
-    config: TrainConfig, train_set: FeatureSet, val_set: FeatureSet, device: torch.device
+    config: TrainConfig,
+    train_set: FeatureSet,
+    val_set: FeatureSet,
+    device: torch.device,
+    time_budget_s: float | None = None,
 ) -> tuple[ConvTeacher, float]:
     """Fit the convolutional teacher on the same augmented batches; returns it and
     its validation accuracy."""
@@ -226,11 +236,15 @@ def train_teacher(
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=3e-3, weight_decay=1e-2)
     rng = np.random.default_rng(config.seed + 1)
     train_indices = np.flatnonzero(train_set.ok)
-    steps = config.teacher_epochs * math.ceil(len(train_indices) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, OneCycle(steps))
+    steps_per_epoch = math.ceil(len(train_indices) / config.batch_size)
+    epochs = config.teacher_epochs
+    cycle = OneCycle(epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cycle)
+    started = time.time()
     with Progress(*_progress_columns()) as progress:
-        task = progress.add_task("teacher", total=steps, status="")
-        for epoch in range(config.teacher_epochs):
+        task = progress.add_task("teacher", total=epochs * steps_per_epoch, status="")
+        epoch = 0
+        while epoch < epochs:
             teacher.train()
             order = rng.permutation(train_indices)
             for start in range(0, len(order), config.batch_size):
@@ -241,13 +255,34 @@ def train_teacher(
                 optimizer.step()
                 schedule.step()
                 progress.update(task, advance=1, status=f"epoch {epoch + 1} loss {loss.item():.3f}")
+            epoch += 1
+            if time_budget_s and epoch == 1:
+                epochs = epochs_within(time_budget_s, time.time() - started, epoch, epochs)
+                cycle.total_steps = epochs * steps_per_epoch
+                progress.update(task, total=epochs * steps_per_epoch)
     accuracy = _accuracy(teacher_probabilities(teacher, val_set.rasters[:, 0]), val_set)
-    print(f"teacher: validation accuracy {accuracy:.3f}")
+    print(f"teacher: validation accuracy {accuracy:.3f} after {epochs} epochs")
     return teacher.eval(), accuracy
 
 
+def fit_teacher(config: TrainConfig) -> tuple[Path, float]:
+    """Train only a teacher (to build an ensemble from several runs); it is written
+    next to ``config.out`` as ``<out>.teacher.pt``."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = FeatureSpec(CochleaConfig(channels=config.channels), config.bin_ms, config.variants)
+    _, train_set, val_set = load_features(config, spec)
+    teacher, accuracy = train_teacher(config, train_set, val_set, device, config.time_budget_s)
+    path = Path(config.out).with_suffix(".teacher.pt")
+    teacher.save(path)
+    return path, accuracy
+
+
 @torch.no_grad()
-def teacher_probabilities(teacher: ConvTeacher, rasters: np.ndarray) -> np.ndarray:
+def teacher_probabilities(
+    teacher: ConvTeacher | TeacherEnsemble, rasters: np.ndarray
+) -> np.ndarray:
     teacher.eval()
     device = next(teacher.parameters()).device
     return np.concatenate([
@@ -268,8 +303,8 @@ def train(config: TrainConfig) -> ModelBundle:
     out = Path(config.out)
     teacher, teacher_accuracy = None, None
     if config.distill_weight:
-        if config.teacher:
-            teacher = ConvTeacher.load(config.teacher, device)
+        if config.teachers:
+            teacher = TeacherEnsemble.load(list(config.teachers), device)
             teacher_accuracy = _accuracy(
                 teacher_probabilities(teacher, val_set.rasters[:, 0]), val_set
             )
@@ -282,6 +317,7 @@ def train(config: TrainConfig) -> ModelBundle:
             n_classes=len(config.vocabulary),
             hidden=tuple(config.hidden),
             kind=config.kind,
+            input_delays=tuple(config.input_delays),
             **time_constants(config.bin_ms),
         )
     ).to(device)
@@ -345,7 +381,7 @@ def train(config: TrainConfig) -> ModelBundle:
             if config.time_budget_s and epoch == first_epoch:
                 # The first epoch's pace decides how many fit; the schedule stretches to match.
                 per_epoch = time.time() - run_started
-                epochs = max(epoch + 1, min(epochs, int(config.time_budget_s / per_epoch)))
+                epochs = epochs_within(config.time_budget_s, per_epoch, epoch + 1, epochs)
                 cycle.total_steps = epochs * steps_per_epoch
                 progress.update(task, total=epochs * steps_per_epoch)
             probabilities, _ = run_network(network, val_set.rasters[:, 0])
@@ -380,7 +416,7 @@ def train(config: TrainConfig) -> ModelBundle:
             epoch += 1
     network.cpu().eval()
     training = {
-        k: v for k, v in asdict(config).items() if k not in ("resume", "cache_dir", "teacher")
+        k: v for k, v in asdict(config).items() if k not in ("resume", "cache_dir", "teachers")
     }
     training.update(device=str(device), epochs=epochs)
     if teacher_accuracy is not None:
