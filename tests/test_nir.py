@@ -8,6 +8,7 @@ executor is a second, third-party check of the wiring and cycle handling.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import nir
@@ -26,11 +27,11 @@ CONFIG = NetworkConfig(n_inputs=64, n_classes=6, hidden=(32, 24))
 BATCH, STEPS = 4, 100
 
 
-def _network(seed: int = 0) -> Classifier:
+def _network(seed: int = 0, config: NetworkConfig = CONFIG) -> Classifier:
     """A random classifier in eval mode with non-trivial BatchNorm and busy neurons."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    network = Classifier(CONFIG)
+    network = Classifier(config)
     network.train()
     with torch.no_grad():  # running statistics from a few batches
         for _ in range(5):
@@ -58,6 +59,7 @@ def _run_torch(network: Classifier, x: torch.Tensor, dtype=torch.float64):
     state = NetworkState(
         tuple(AdLIFState(*(t.to(dtype) for t in s)) for s in state.layers),
         state.readout.to(dtype),
+        state.history.to(dtype),
     )
     with torch.no_grad():
         evidence, _, activity = network(x.to(dtype), state)
@@ -134,6 +136,18 @@ def test_simulated_graph_reproduces_network_exactly(network, spikes, tmp_path):
         assert 0.02 < layer_spikes.mean() < 0.5, "fixture neurons should spike"
         np.testing.assert_array_equal(out[name], layer_spikes)
     assert np.abs(evidence).max() > 0.1
+    np.testing.assert_allclose(out["output"], evidence, rtol=0, atol=1e-12)
+
+
+def test_delay_line_exports_as_delay_nodes_exactly(spikes, tmp_path):
+    network = _network(config=dataclasses.replace(CONFIG, input_delays=(0, 2, 5)))
+    graph = _round_trip(network, tmp_path / "delays.nir")
+    delays = sorted(float(n.delay[0]) for n in graph.nodes.values() if isinstance(n, nir.Delay))
+    assert delays == pytest.approx([0.02, 0.05])  # 2 and 5 bins of the default 10 ms
+    evidence, activity = _run_torch(network, spikes)
+    out = simulate(graph, spikes.numpy(), record=_spike_nodes(graph))
+    for layer_spikes, name in zip(activity, _spike_nodes(graph), strict=True):
+        np.testing.assert_array_equal(out[name], layer_spikes)
     np.testing.assert_allclose(out["output"], evidence, rtol=0, atol=1e-12)
 
 

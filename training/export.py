@@ -22,6 +22,9 @@ Time constants
 What maps, layer by layer
     * Input projection and BatchNorm: BatchNorm in eval mode is a per-neuron affine
       map, folded into the input weights and a bias (one Affine node).  Exact.
+    * Input delay line (``input_delays``): each delay ``d`` is a Delay node of
+      ``d * dt`` seconds on the input followed by that delay's weights (Linear; the
+      first delay's weights carry the bias as the Affine above).  Exact on the grid.
     * Recurrence ``W_rec s_{t-1}``: a Linear node on a cycle from the layer's
       spikes back to its membrane.  A simulator steps NIR graphs on a time grid and
       gives each cycle a one-step delay, which is exactly our ``s_{t-1}``.
@@ -152,8 +155,11 @@ def to_nir(
             "threshold": float(THRESHOLD),
             "reset": "subtract",
         }
-        nodes[p + "input"] = nir.Affine(weight=weight, bias=bias)
-        edges += [(source, p + "input"), (p + "input", p + "membrane")]
+        if index == 0:
+            edges += _delay_line(nodes, network, weight, bias, dt, p)
+        else:
+            nodes[p + "input"] = nir.Affine(weight=weight, bias=bias)
+            edges += [(source, p + "input"), (p + "input", p + "membrane")]
         if neurons == "adlif":
             nodes[p + "membrane"] = nir.LI(
                 tau=tau(alpha, "alpha"), r=ones, v_leak=zeros, metadata=metadata
@@ -265,6 +271,26 @@ def export_nir_command(model_path: str | None, out: str) -> str:
         f"(adLIF layers of {hidden} neurons, {len(bundle.vocabulary)} classes, "
         f"dt = {bundle.bin_ms:g} ms)"
     )
+
+
+def _delay_line(
+    nodes: dict, network: Classifier, weight: np.ndarray, bias: np.ndarray, dt: float, p: str
+) -> list[tuple[str, str]]:
+    """Nodes from the graph input to the first membrane: one weight block per delay
+    (the first as ``<p>input`` with the bias), each behind a Delay node unless 0."""
+    n_inputs = network.config.n_inputs
+    edges = []
+    for k, delay in enumerate(network.config.input_delays):
+        block = weight[:, k * n_inputs : (k + 1) * n_inputs]
+        name = p + "input" if k == 0 else f"{p}input_delay{k}"
+        nodes[name] = nir.Affine(weight=block, bias=bias) if k == 0 else nir.Linear(weight=block)
+        source = "input"
+        if delay:
+            source = f"{p}delay{k}"
+            nodes[source] = nir.Delay(delay=np.full(n_inputs, delay * dt))
+            edges.append(("input", source))
+        edges += [(source, name), (name, p + "membrane")]
+    return edges
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -28,9 +28,11 @@ Discrete-time reading of NIR's continuous-time equations, one step per ``dt``:
   step).  Everything else runs in topological order within the step.  Where every
   cycle passes through one node (as in spikeear's exports), the cut is the same
   for every walk order.
+* Delay ``y(t) = x(t - tau)`` outputs its input of ``round(tau / dt)`` steps
+  earlier (zero before the first step); per element delays may differ.
 
 Supported nodes: Input, Output, Affine, Linear, Scale, Threshold, LI, LIF, I, IF,
-CubaLI, CubaLIF.  Nested graphs, convolutions, pooling, Flatten and Delay are not.
+CubaLI, CubaLIF, Delay.  Nested graphs, convolutions, pooling and Flatten are not.
 """
 
 from __future__ import annotations
@@ -258,6 +260,16 @@ def _cuba_lif(sim, node, x, state):
     return _fire(sim, state, _cuba_membrane(sim, node, x, state), node)
 
 
+def _delay(sim, node, x, state):
+    steps = np.rint(_arr(sim, node.delay) / sim.dt).astype(int)
+    if "past" not in state:  # past[k]: the input k + 1 steps ago
+        state["past"] = np.zeros((int(steps.max()) + 1, *x.shape), sim.dtype)
+    past = np.concatenate([x[None], state["past"][:-1]])
+    state["past"] = past
+    picked = np.take_along_axis(past, np.broadcast_to(steps, x.shape)[None], axis=0)
+    return picked[0]
+
+
 _STEPPERS = {
     nir.Input: _identity,
     nir.Output: _identity,
@@ -271,4 +283,5 @@ _STEPPERS = {
     nir.IF: _if,
     nir.CubaLI: _cuba_membrane,
     nir.CubaLIF: _cuba_lif,
+    nir.Delay: _delay,
 }
