@@ -24,6 +24,7 @@ class DecoderConfig:
 
     min_activity_rate: float = 6000.0  # input spikes/s that can count as speech
     floor_ratio: float = 1.6  # ... and must exceed the background floor this many times
+    soft_onset_s: float = 0.1  # a loud start that rises this soon was the word's own beginning
     floor_rise_per_s: float = 0.5  # the floor rises slowly; it falls at once to quieter levels
     onset_s: float = 0.03  # continuous activity that opens a word
     hangover_s: float = 0.25  # quiet time that closes it
@@ -81,6 +82,7 @@ class Decoder:
         self.floor_rise = min(1.0, config.floor_rise_per_s * bin_s)
         self.onset_bins = max(1, round(config.onset_s / bin_s))
         self.hangover_bins = max(1, round(config.hangover_s / bin_s))
+        self.soft_onset_bins = max(1, round(config.soft_onset_s / bin_s))
         self.min_word_bins = max(1, round(config.min_word_s / bin_s))
         self.max_word_bins = max(1, round(config.max_word_s / bin_s))
         self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
@@ -143,10 +145,16 @@ class Decoder:
             opened, start = True, state.bin_index
         elif state.provisional_level:
             if activity >= cfg.floor_ratio * state.provisional_level:
-                # A clear rise above the opening level: that level was background (or
-                # a soft beginning), so a word starts here, without a network rest.
+                # A clear rise above the opening level.  Soon after the start it is the
+                # word itself gaining strength (a recording trimmed to the word): the
+                # word stands, and its opening level says nothing about the background.
+                # Later, that level was background, so a word starts here, without a
+                # network rest.
                 state.provisional_level = 0.0
-                opened, start = True, state.bin_index
+                if state.bin_index - state.start_bin < self.soft_onset_bins:
+                    state.floor = 0.0
+                else:
+                    opened, start = True, state.bin_index
             else:  # the provisional word lasts while the input stays near its level
                 active = activity >= max(
                     self.min_activity, state.provisional_level / cfg.floor_ratio

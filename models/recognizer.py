@@ -159,14 +159,13 @@ class Recognizer:
         return len(stream.ready)
 
     def _finish(self, stream: Stream) -> None:
-        tail = stream.binner.flush()
-        if len(tail) == 0:
-            # The decoder finalises an open word at the stream's last bin, which may
-            # have been decoded already when the input ended on a bin boundary: the end
-            # of such a stream counts as one more bin, of silence.  (Always, so that
-            # the words do not depend on how the input was chunked.)
-            tail = [np.zeros(self.n_channels, np.float32)]
-        stream.ready.extend(tail)
+        # The end of a stream is the speaker falling silent: as many bins of silence
+        # as close a word by quiet follow the audio, so that a word at the very end
+        # is decided as it would be live, after the network's evidence has settled
+        # (its leaky readout lags the input).  Always, whatever the audio's length,
+        # so that the words do not depend on how the input was chunked.
+        silence = np.zeros(self.n_channels, np.float32)
+        stream.ready.extend([*stream.binner.flush(), *[silence] * self.decoder.hangover_bins])
         stream.finished = True
 
     # ----- stepping ---------------------------------------------------------------------
