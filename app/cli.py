@@ -108,6 +108,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         kind=args.kind,
         hidden=tuple(args.hidden),
         input_delays=tuple(args.delays),
+        max_shift_ms=args.shift_ms,
+        max_time_mask_ms=args.time_mask_ms,
+        max_channel_mask=args.channel_mask,
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
@@ -405,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BINS",
         help="synaptic delays of the inputs, in bins (e.g. 0 2 4 6: a 120 ms delay line)",
     )
+    p.add_argument("--shift-ms", type=float, default=300.0, help="batch-time random shift (max)")
+    p.add_argument("--time-mask-ms", type=float, default=200.0, help="time mask width (max)")
+    p.add_argument("--channel-mask", type=int, default=8, help="channel mask width (max)")
     p.add_argument(
         "--teacher",
         action="append",

@@ -50,9 +50,9 @@ class TrainConfig:
     variants: int = 3
     early_weight: float = 0.0  # measured: 0.3 (with the rate bounds) stalled learning here
     rate_weight: float = 0.5
-    max_shift_bins: int = 15
-    max_time_mask: int = 10
-    max_channel_mask: int = 8
+    max_shift_ms: float = 300.0  # batch-time augmentation: random shift of the clip
+    max_time_mask_ms: float = 200.0  # ... a silenced stretch of time
+    max_channel_mask: int = 8  # ... and of neighbouring channels
     distill_weight: float = 0.0  # share of the clip loss given to the teacher's soft targets
     temperature: float = 2.0
     teachers: tuple[str, ...] = ()  # trained teacher files (an ensemble); trained first when none
@@ -106,14 +106,16 @@ def make_batch(
         variant = rng.integers(0, features.rasters.shape[1], len(indices))
         x = features.rasters[indices, variant].astype(np.float32)
         n_bins, n_channels = x.shape[1:]
+        max_shift = round(config.max_shift_ms / config.bin_ms)
+        max_time_mask = round(config.max_time_mask_ms / config.bin_ms)
         for row in x:
-            shift = rng.integers(-config.max_shift_bins, config.max_shift_bins + 1)
+            shift = rng.integers(-max_shift, max_shift + 1)
             row[:] = np.roll(row, shift, axis=0)
             if shift > 0:
                 row[:shift] = 0
             elif shift < 0:
                 row[shift:] = 0
-            width = rng.integers(0, config.max_time_mask + 1)
+            width = rng.integers(0, max_time_mask + 1)
             start = rng.integers(0, n_bins - width + 1)
             row[start : start + width] = 0
             width = rng.integers(0, config.max_channel_mask + 1)
