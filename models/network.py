@@ -26,7 +26,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from models.neurons import AdLIFParameters, AdLIFState, adlif_step, leaky_step, spike
+from models.neurons import (
+    AdLIFParameters,
+    AdLIFSequence,
+    AdLIFState,
+    adlif_step,
+    leaky_step,
+    spike,
+)
 
 KINDS = ("spiking", "analog", "binary")
 
@@ -184,7 +191,7 @@ class RecurrentLayer(nn.Module):
         return self.norm(current.reshape(batch * time, n)).reshape(batch, time, n)
 
     def initial_state(self, batch: int) -> AdLIFState:
-        zeros = torch.zeros(batch, self.n_out, device=self.alpha.device)
+        zeros = self.alpha.new_zeros(batch, self.n_out)
         return AdLIFState(zeros, zeros.clone(), zeros.clone())
 
     def step_weights(self) -> LayerWeights:
@@ -196,6 +203,29 @@ class RecurrentLayer(nn.Module):
             # same order as it always has, so outputs stay bit-identical.
             recurrent = effective_weight(self.recurrent.weight, self.kind).t()
         return LayerWeights(recurrent, AdLIFParameters.of(self.alpha, self.beta, self.a, self.b))
+
+    def run(
+        self, currents: torch.Tensor, state: AdLIFState, fused: bool = True
+    ) -> tuple[torch.Tensor, AdLIFState]:
+        """Outputs ``[batch, time, n]`` for the input currents of a sequence, and the
+        final state.  Spiking layers that are being trained take the fused path
+        (:class:`AdLIFSequence`, the same values with a much cheaper backward pass);
+        everything else steps through :meth:`advance`."""
+        weights = self.step_weights()
+        if fused and self.kind == "spiking" and torch.is_grad_enabled():
+            mask = None
+            if self.training and self.dropout.p > 0:
+                mask = self.dropout(torch.ones_like(currents))
+            n = weights.neuron
+            out, u, w, s = AdLIFSequence.apply(
+                currents, weights.recurrent, n.alpha, n.beta, n.a, n.b, *state, mask
+            )
+            return out, AdLIFState(u, w, s)
+        outputs = []
+        for t in range(currents.shape[1]):
+            out, state = self.advance(currents[:, t], state, weights)
+            outputs.append(out)
+        return torch.stack(outputs, dim=1), state
 
     def advance(
         self, current: torch.Tensor, state: AdLIFState, weights: LayerWeights
@@ -235,6 +265,7 @@ class Classifier(nn.Module):
         )
         self.readout = nn.Linear(sizes[-1], config.n_classes)
         self.register_buffer("readout_alpha", torch.tensor(math.exp(-1.0 / config.readout_tau)))
+        self.fused = True  # hand-written BPTT for spiking layers (False: autograd, for tests)
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -242,11 +273,11 @@ class Classifier(nn.Module):
             layer.clamp_()
 
     def initial_state(self, batch: int = 1) -> NetworkState:
-        device = self.readout.weight.device
+        weight = self.readout.weight
         return NetworkState(
             tuple(layer.initial_state(batch) for layer in self.layers),
-            torch.zeros(batch, self.config.n_classes, device=device),
-            torch.zeros(batch, self.longest_delay, self.config.n_inputs, device=device),
+            weight.new_zeros(batch, self.config.n_classes),
+            weight.new_zeros(batch, self.longest_delay, self.config.n_inputs),
         )
 
     def delay_line(
@@ -272,13 +303,7 @@ class Classifier(nn.Module):
         signal, history = self.delay_line(x, state.history)
         layer_states = []
         for layer, layer_state in zip(self.layers, state.layers, strict=True):
-            currents = layer.project(signal)
-            weights = layer.step_weights()
-            outputs = []
-            for t in range(time):
-                out, layer_state = layer.advance(currents[:, t], layer_state, weights)
-                outputs.append(out)
-            signal = torch.stack(outputs, dim=1)
+            signal, layer_state = layer.run(layer.project(signal), layer_state, self.fused)
             activity.append(signal)
             layer_states.append(layer_state)
         drive = self.readout(signal)

@@ -1,10 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from audio_frontend.cochlea import CochleaConfig
 from models.model_file import FORMAT_VERSION, ModelBundle, ModelFileError, load_model
-from models.network import Classifier, NetworkConfig, StatePool
+from models.network import Classifier, NetworkConfig, NetworkState, StatePool
 from models.vocabulary import DEFAULT_VOCABULARY
 
 
@@ -135,3 +137,37 @@ def test_a_few_training_steps_reduce_the_loss():
     assert losses[-1] < 0.6 * losses[0]
     assert (evidence.softmax(-1).mean(1).argmax(-1) == y).all()
     assert np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_fused_backpropagation_equals_autograd(recurrent):
+    """The hand-written BPTT of spiking layers gives autograd's gradients, for every
+    parameter and for the input, including through a carried-in state."""
+    from training.train import clip_loss, rate_penalty
+
+    config = NetworkConfig(n_inputs=16, n_classes=5, hidden=(24, 20), recurrent=recurrent)
+    torch.manual_seed(3)
+    network = Classifier(dataclasses.replace(config, dropout=0.0)).double()
+    with torch.no_grad():  # adaptation on, and busy neurons, so every term matters
+        for layer in network.layers:
+            layer.a.uniform_(-0.5, 0.5)
+            layer.b.uniform_(0.2, 1.5)
+            layer.norm.weight.fill_(6.0)
+            layer.norm.bias.fill_(1.0)
+    x = torch.poisson(torch.full((6, 30, 16), 2.0, dtype=torch.float64))
+    start = network.initial_state(6)
+    start = NetworkState.from_tensors([torch.rand_like(t) * 0.5 for t in start.tensors()])
+    grads = []
+    for fused in (True, False):
+        network.fused = fused
+        inputs = x.clone().requires_grad_()
+        network.zero_grad()
+        evidence, final, activity = network(inputs, start)
+        labels = torch.arange(6) % 5
+        loss = clip_loss(evidence, labels, 0.3) + rate_penalty(activity)
+        loss = loss + final.layers[0].u.square().mean() + final.layers[1].w.mean()
+        loss.backward()
+        assert 0.02 < activity[0].mean() < 0.6  # spiking, so the surrogate is exercised
+        grads.append([inputs.grad] + [p.grad for p in network.parameters() if p.requires_grad])
+    for fused_grad, autograd_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(fused_grad, autograd_grad, rtol=1e-9, atol=1e-12)
