@@ -56,7 +56,8 @@ class Session:
         self._arrivals: deque[tuple[int, float]] = deque()  # (bins ready after chunk, arrival)
         self._lock = asyncio.Lock()
         self.error: str | None = None
-        self._audio: list[np.ndarray] = []  # mono float32 chunks waiting for the cochlea
+        self._audio: list[np.ndarray] = []  # mono chunks (int16 or float32) for the cochlea
+        self._audio_waiting = 0  # samples in them
         self._audio_final = False  # the last waiting chunk ends the stream
         self._audio_in_cochlea = False
         self._samples_fed = 0  # at the client's sample rate
@@ -67,8 +68,7 @@ class Session:
     @property
     def pending_bins(self) -> int:
         """Bins fed but not yet through the network, waiting audio included."""
-        waiting = sum(len(chunk) for chunk in self._audio) / self._input_per_bin
-        return len(self.stream.ready) + int(waiting)
+        return len(self.stream.ready) + int(self._audio_waiting / self._input_per_bin)
 
     async def feed_audio(self, samples: np.ndarray, final: bool = False) -> None:
         """Queue a chunk for the cochlea (no wait: the scheduler runs the chunks of
@@ -78,9 +78,11 @@ class Session:
             raise RuntimeError(self.error)
         if self._audio_final or self.stream.finished:
             raise ValueError("stream already finished")
-        samples = to_mono_float(samples)  # bad audio fails this stream here, not a batch
+        if samples.dtype != np.int16 or samples.ndim != 1:  # int16 is converted in the batch
+            samples = to_mono_float(samples)  # bad audio fails this stream here, not a batch
         self._audio.append(samples)
         self._audio_final = final
+        self._audio_waiting += len(samples)
         self._samples_fed += len(samples)
         self._arrivals.append((int(self._samples_fed / self._input_per_bin), arrival))
         self._idle.clear()
@@ -88,8 +90,14 @@ class Session:
 
     def take_audio(self) -> tuple[Stream, np.ndarray, bool]:
         """All waiting audio as one chunk (the cochlea is chunking-invariant)."""
-        samples = self._audio[0] if len(self._audio) == 1 else np.concatenate(self._audio)
+        if len(self._audio) == 1:
+            samples = self._audio[0]
+        elif all(chunk.dtype == np.int16 for chunk in self._audio):
+            samples = np.concatenate(self._audio)
+        else:
+            samples = np.concatenate([to_mono_float(chunk) for chunk in self._audio])
         self._audio = []
+        self._audio_waiting = 0
         self._audio_in_cochlea = True
         return self.stream, samples, self._audio_final
 
@@ -142,6 +150,7 @@ class Session:
         self.scheduler.discard(self)
         self.stream.ready.clear()
         self._audio = []
+        self._audio_waiting = 0
         self.events.put_nowait(SessionFailed(reason))
         self._idle.set()
 

@@ -3,8 +3,9 @@
 Starts ``spikeear serve`` as a subprocess on a free loopback port (or uses a running
 server given with ``--url``), then opens ``--streams`` concurrent clients on
 ``/v1/stream`` from one asyncio loop (uvloop when installed).  Every client streams
-``--seconds`` of real speech at real-time pace: s16le in 20 ms chunks, each sent at
-``t0 + k * 20 ms`` against a monotonic clock.  The audio is random in-vocabulary
+``--seconds`` of real speech at real-time pace: s16le in 20 ms chunks (``--chunk-ms``;
+real clients often send 100-250 ms), each sent at ``t0 + k * chunk`` against a
+monotonic clock.  The audio is random in-vocabulary
 words (Speech Commands clips trimmed to the word) separated by 0.4-0.8 s of
 silence, as many as fit (3-4 per 5 s, ~15 per 20 s), so the ground truth (word,
 start, end) is known.  Clients
@@ -81,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech_commands"
 FIXTURES = REPO / "tests" / "fixtures"
 RATE = 16000
-CHUNK_S = 0.02
+CHUNK_S = 0.02  # default chunk: 20 ms (``--chunk-ms``)
 CHUNK = round(RATE * CHUNK_S)
 TARGET_STREAMS = 100
 TARGET_P95_S = 0.200
@@ -542,6 +543,7 @@ def scrape_metrics(base: str) -> dict:
 class ClientResult:
     index: int
     sequence: Sequence
+    chunk: int = CHUNK  # samples per message
     send_times: list[float] = field(default_factory=list)
     send_late: list[float] = field(default_factory=list)
     eof_sent: float | None = None
@@ -553,9 +555,9 @@ class ClientResult:
     done_at: float | None = None
 
 
-def chunk_of(t: float) -> int:
-    """Index of the 20 ms chunk holding stream time t (the sample just before t)."""
-    return max(0, math.ceil(round(t / CHUNK_S, 6)) - 1)
+def chunk_of(t: float, chunk_s: float = CHUNK_S) -> int:
+    """Index of the chunk holding stream time t (the sample just before t)."""
+    return max(0, math.ceil(round(t / chunk_s, 6)) - 1)
 
 
 async def run_client(
@@ -565,7 +567,9 @@ async def run_client(
     from websockets.exceptions import ConnectionClosed
 
     pcm = result.sequence.s16le()
-    chunks = [pcm[i : i + 2 * CHUNK] for i in range(0, len(pcm), 2 * CHUNK)]
+    step = 2 * result.chunk
+    chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+    chunk_s = result.chunk / RATE
 
     async def receive(ws) -> None:
         try:
@@ -592,7 +596,7 @@ async def run_client(
                 receiver = asyncio.create_task(receive(ws))
                 t0 = time.monotonic()
                 for k, chunk in enumerate(chunks):
-                    target = t0 + k * CHUNK_S
+                    target = t0 + k * chunk_s
                     delay = target - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -614,10 +618,11 @@ async def run_client(
 def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict:
     partial_lat, final_lat, finals, flushed = [], [], [], 0
     sends = result.send_times
+    chunk_s = result.chunk / RATE
     for received, event in result.events:
         kind = event.get("type")
         if kind == "partial" and sends:
-            k = chunk_of(event["time"])
+            k = chunk_of(event["time"], chunk_s)
             sent = sends[k] if k < len(sends) else result.eof_sent
             if sent is not None:
                 partial_lat.append(received - sent)
@@ -627,7 +632,7 @@ def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict
             if event["end"] + hangover_s > result.sequence.seconds + 1e-6:
                 flushed += 1
             elif sends:
-                k = min(chunk_of(event["end"]), len(sends) - 1)
+                k = min(chunk_of(event["end"], chunk_s), len(sends) - 1)
                 final_lat.append(received - sends[k])
     return {
         "partial_latency": partial_lat,
@@ -636,7 +641,7 @@ def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict
         "flushed_finals": flushed,
         "match": match_words(result.sequence.words, finals),
         "ok": result.got_eof and result.close_code == 1000 and result.error is None,
-        "complete": len(sends) == math.ceil(len(result.sequence.audio) / CHUNK),
+        "complete": len(sends) == math.ceil(len(result.sequence.audio) / result.chunk),
     }
 
 
@@ -671,11 +676,12 @@ async def run_load(
     partials: bool,
     timeout: float,
     monitor: ProcessMonitor | None,
+    chunk: int = CHUNK,
 ) -> tuple[list[ClientResult], dict]:
     import psutil
 
     me = psutil.Process()
-    results = [ClientResult(i, s) for i, s in enumerate(sequences)]
+    results = [ClientResult(i, s, chunk) for i, s in enumerate(sequences)]
     n = len(results)
     start = time.monotonic() + 0.2
     mark0 = monitor.mark() if monitor else None
@@ -749,7 +755,9 @@ def one_run(
         timeout = args.seconds * 1.5 + args.ramp + 60
         loop_run = _event_loop_runner(args.no_uvloop)
         results, window = loop_run(
-            run_load(ws_url, sequences, args.ramp, not args.no_partials, timeout, monitor)
+            run_load(
+                ws_url, sequences, args.ramp, not args.no_partials, timeout, monitor, args.chunk
+            )
         )
         time.sleep(0.3)
         after = scrape_metrics(base)
@@ -769,7 +777,8 @@ def one_run(
         key: sum(c["match"][key] for c in per_client)
         for key in ("truth", "finals", "correct", "substituted", "missed", "inserted")
     }
-    sent_audio = sum(len(r.send_times) * CHUNK for r in results) / RATE
+    sent_audio = sum(min(len(r.send_times) * r.chunk, len(r.sequence.audio)) for r in results)
+    sent_audio /= RATE
     audio_delta = (
         after.get("audio_seconds_v1", 0) - before.get("audio_seconds_v1", 0) if after else None
     )
@@ -783,6 +792,7 @@ def one_run(
     report = {
         "streams": n,
         "seconds_per_stream": args.seconds,
+        "chunk_ms": 1000 * args.chunk / RATE,
         "audio_s_sent": sent_audio,
         "words_per_stream": totals["truth"] / max(1, n),
         "latency_partial_s": percentiles(partial_lat),
@@ -893,7 +903,8 @@ def print_report(runs: list[dict], meta: dict) -> None:
         f"[bold]Clips[/]: {meta['clips']} word clips ({meta['clip_words']} words) from "
         f"{meta['clip_source']}; model: {meta['model']}"
     )
-    table = Table(title="spikeear /v1/stream under real-time load (20 ms s16le chunks)")
+    chunk_ms = ", ".join(sorted({f"{r['chunk_ms']:g}" for r in runs}))
+    table = Table(title=f"spikeear /v1/stream under real-time load ({chunk_ms} ms s16le chunks)")
     table.add_column("")
     for r in runs:
         table.add_column(f"{r['streams']} x {r['seconds_per_stream']:g} s", justify="right")
@@ -983,6 +994,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=100, help="concurrent clients")
     p.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
+    p.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=1000 * CHUNK_S,
+        help="audio per WebSocket message (default 20; real clients often send 100-250)",
+    )
     p.add_argument("--sweep", help="comma-separated stream counts, e.g. 1,10,50,100")
     p.add_argument("--url", help="ws://127.0.0.1:PORT/v1/stream of a running server")
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid for CPU/RSS")
@@ -1007,6 +1024,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--url must point at a loopback address")
     if args.seconds <= 0 or args.seconds > 600:
         p.error("--seconds must be in (0, 600]")
+    if not 1 <= args.chunk_ms <= 1000:
+        p.error("--chunk-ms must be between 1 and 1000")
+    args.chunk = round(RATE * args.chunk_ms / 1000)
     counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.streams]
     if any(not 1 <= c <= 1000 for c in counts):
         p.error("stream counts must be between 1 and 1000")

@@ -36,6 +36,7 @@ class StreamOptions:
     input: Literal["audio", "spikes"] = "audio"
     vocabulary: tuple[str, ...] | None = None  # restrict to these words
     emit_unknown: bool = False  # report out-of-vocabulary words as "_unknown_"
+    activity: bool = True  # keep ``Stream.activity`` up to date (live displays)
 
 
 class StreamActivity(NamedTuple):
@@ -187,19 +188,33 @@ class Recognizer:
         layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)
         input_spikes = bins.sum(axis=1)
         hidden_spikes = layer_spikes.sum(axis=1).tolist()
-        input_ops = (input_spikes * self._fan_out[0]).tolist()
-        hidden_ops = (layer_spikes @ self._fan_out[1:]).tolist()
+        synaptic_ops = (input_spikes * self._fan_out[0]).astype(np.int64) + (
+            layer_spikes @ self._fan_out[1:]
+        ).astype(np.int64)
+        spikes = input_spikes.tolist()
+        decoder = self.decoder
+        rests = []  # rows going back to rest after this bin
         results = []
         for i, stream in enumerate(streams):
-            spikes = input_spikes[i : i + 1]
-            if self._rests(stream, spikes):
-                with self.pool.lock:
-                    self.pool.reset(stream.row)
             del stream.ready[0]
-            events = self._decode(stream, spikes, probabilities[i : i + 1], bins[i])
+            # Decoding a single bin also tells where the word ends: the network rests
+            # after the bin that closes a word (as ``_rests`` finds ahead in drain).
+            events, boundary = decoder.advance(stream.decoder, probabilities[i], spikes[i])
+            stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
+            if boundary.closed or stream.idle_bins >= self._reset_after_bins:
+                stream.idle_bins = 0
+                rests.append(stream.row)
+            stream.bins_done += 1
+            if stream.options.activity:
+                self._note_activity(stream, bins[i], probabilities[i])
+            if stream.finished and not stream.ready:
+                events += decoder.flush(stream.decoder)
             stream.hidden_spikes += int(hidden_spikes[i])
-            stream.synaptic_ops += int(input_ops[i]) + int(hidden_ops[i])
-            results.append(events)
+            stream.synaptic_ops += int(synaptic_ops[i])
+            results.append(self._visible(stream, events) if events else events)
+        if rests:
+            with self.pool.lock:
+                self.pool.reset_many(rests)
         return results
 
     @torch.inference_mode()
@@ -305,17 +320,22 @@ class Recognizer:
         for t, spikes in enumerate(activity.tolist()):
             events += self.decoder.step(stream.decoder, probabilities[t], spikes)
         stream.bins_done += len(activity)
+        self._note_activity(stream, input_counts, probabilities[-1])
+        if stream.finished and not stream.ready:
+            events += self.decoder.flush(stream.decoder)
+        return self._visible(stream, events)
+
+    @staticmethod
+    def _note_activity(stream: Stream, input_counts: np.ndarray, output: np.ndarray) -> None:
+        """A new activity snapshot: ``input_counts`` per channel of the bins just done."""
         previous = (
             stream.activity.input_counts
             if stream.activity is not None
             else np.zeros(len(input_counts))
         )
         stream.activity = StreamActivity(
-            stream.bins_done, previous + input_counts, input_counts, probabilities[-1].copy()
+            stream.bins_done, previous + input_counts, input_counts, output.copy()
         )
-        if stream.finished and not stream.ready:
-            events += self.decoder.flush(stream.decoder)
-        return self._visible(stream, events)
 
     def _visible(self, stream: Stream, events: list[WordEvent]) -> list[WordEvent]:
         keep = []
@@ -326,6 +346,17 @@ class Recognizer:
                 continue
             keep.append(event)
         return keep
+
+    def warm_up(self) -> None:
+        """Run a short tone through every stage, so that the first client does not wait
+        for numba to compile (or load from its cache) the cochlea and binning kernels."""
+        t = np.arange(self.bundle.frontend.sample_rate // 10) / self.bundle.frontend.sample_rate
+        tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        with self.opened(StreamOptions(activity=False)) as stream:
+            self.feed_audio(stream, tone)
+            self.feed_audio(stream, tone, final=True)
+            self.step([stream])
+            self.drain(stream)
 
     # ----- whole recordings -----------------------------------------------------------------
     def transcribe(
