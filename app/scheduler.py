@@ -1,10 +1,11 @@
-"""Steps every active stream's network together, one bin at a time, in one batch.
+"""Steps every active stream's network together, in one batch.
 
 Transports feed audio into their :class:`Session`; the scheduler runs the audio
 waiting in all sessions through the cochlea in one kernel call in a worker thread
 (numba releases the GIL), and, woken by new bins, waits one short tick for other
 streams' bins and then steps all streams that have bins ready as one batch, so
-the cost per stream falls as load rises.  Each
+the cost per stream falls as load rises (a stream holding several bins advances
+by up to ``MAX_STEP_BINS`` of them in that call).  Each
 session gets its word events and can wait until its audio so far has been fully
 processed (the Vosk protocol answers every chunk).
 
@@ -33,6 +34,9 @@ from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
+# A stream holding several bins (a client sending 100-250 ms per message) advances by
+# up to this many in one network call, rather than one call per bin.
+MAX_STEP_BINS = 13
 STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
 INLINE_EVENTS = 4800  # spike chunks up to this size are binned on the event loop
 logger = logging.getLogger(__name__)
@@ -130,8 +134,9 @@ class Session:
 
     def _deliver(self, events: list[WordEvent]) -> None:
         for event in events:
-            if event.kind == "partial":
-                self.scheduler.observe_latency(self._arrival_of(self.stream.bins_done))
+            if event.kind == "partial":  # decided at the end of bin round(time / bin_s)
+                bins = round(event.time / self.scheduler.recognizer.bin_s)
+                self.scheduler.observe_latency(self._arrival_of(bins))
             self.events.put_nowait(event)
         self._settle()
 
@@ -241,7 +246,7 @@ class StreamScheduler:
                 if len(ready) > MAX_BATCH:  # the streams furthest behind go first
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
                 try:
-                    results = self.recognizer.step([s.stream for s in ready])
+                    results = self.recognizer.step([s.stream for s in ready], MAX_STEP_BINS)
                 except Exception as error:  # a bug must not stall every other stream
                     logger.exception("network step failed")
                     for session in ready:

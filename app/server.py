@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         scheduler.start()
         yield
         await scheduler.stop()
+        metrics.process_exiting()
 
     app = FastAPI(
         title="spikeear",

@@ -403,6 +403,7 @@ class ServerProcess:
         log_path: Path,
         startup_timeout: float = 90.0,
         threads: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -410,6 +411,7 @@ class ServerProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--model", model, "--log-level", "warning"]
+        command += ["--workers", str(workers)]
         env = dict(os.environ)
         if threads is not None:  # torch's intra-op pool reads these at startup
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -428,6 +430,8 @@ class ServerProcess:
                 raise SystemExit(f"server exited at startup; see {log_path}:\n{self.log_tail()}")
             try:
                 http_get(f"{self.base}/health", timeout=2.0)
+                if workers > 1:  # the first worker answers; give the others time to start
+                    time.sleep(2.0 + workers)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -737,7 +741,9 @@ def one_run(
                 "no model: models/spikeear-default.pt does not exist; "
                 "pass --model PATH or --random-model"
             )
-        server = ServerProcess(model, workdir / f"server-{n}.log", threads=args.server_threads)
+        server = ServerProcess(
+            model, workdir / f"server-{n}.log", threads=args.server_threads, workers=args.workers
+        )
         ws_url = f"ws://127.0.0.1:{server.port}/v1/stream"
         base, pid = server.base, server.pid
     monitor, bin_ms = None, None
@@ -793,6 +799,7 @@ def one_run(
         "streams": n,
         "seconds_per_stream": args.seconds,
         "chunk_ms": 1000 * args.chunk / RATE,
+        "workers": None if args.url else args.workers,
         "audio_s_sent": sent_audio,
         "words_per_stream": totals["truth"] / max(1, n),
         "latency_partial_s": percentiles(partial_lat),
@@ -922,6 +929,7 @@ def print_report(runs: list[dict], meta: dict) -> None:
         return f"{v['identical']}/{v['checked']}" if v else "-"
 
     counted = {True: "yes", False: "NO", None: "-"}
+    row("server workers", lambda r: "-" if r["workers"] is None else str(r["workers"]))
     row("partial latency p50/p95/max", lat("latency_partial_s"))
     row("final latency from word end", lat("latency_final_from_word_end_s"))
     row("  ... less the decoder's hangover", lat("latency_final_less_hangover_s"))
@@ -1007,6 +1015,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--server-threads",
         type=int,
         help="OMP_NUM_THREADS/MKL_NUM_THREADS for the started server (default: inherited)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="spikeear serve --workers for the started server (its /metrics sums them)",
     )
     p.add_argument("--model", help="model file to serve (default: models/spikeear-default.pt)")
     p.add_argument("--random-model", action="store_true", help="serve an untrained network")
