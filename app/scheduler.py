@@ -4,8 +4,8 @@ Transports feed audio into their :class:`Session`; the scheduler runs the audio
 waiting in all sessions through the cochlea in one kernel call in a worker thread
 (numba releases the GIL), and, woken by new bins, waits one short tick for other
 streams' bins and then steps all streams that have bins ready as one batch, so
-the cost per stream falls as load rises (a stream holding several bins advances
-by up to ``MAX_STEP_BINS`` of them in that call).  Each
+the cost per stream falls as load rises (a stream that has fallen behind advances
+by up to ``MAX_STEP_BINS`` bins in that call).  Each
 session gets its word events and can wait until its audio so far has been fully
 processed (the Vosk protocol answers every chunk).
 
@@ -34,9 +34,12 @@ from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
-# A stream holding several bins (a client sending 100-250 ms per message) advances by
-# up to this many in one network call, rather than one call per bin.
+# A stream that has fallen behind (more than CATCH_UP_BINS ready, 0.5 s of audio at
+# 20 ms bins) catches up by up to MAX_STEP_BINS bins per network call, rather than one
+# call per bin: less CPU per bin under overload.  Streams keeping up advance one bin
+# per call, which gives the lowest latency (one long call blocks the event loop).
 MAX_STEP_BINS = 13
+CATCH_UP_BINS = 25
 STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
 INLINE_EVENTS = 4800  # spike chunks up to this size are binned on the event loop
 logger = logging.getLogger(__name__)
@@ -246,7 +249,9 @@ class StreamScheduler:
                 if len(ready) > MAX_BATCH:  # the streams furthest behind go first
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
                 try:
-                    results = self.recognizer.step([s.stream for s in ready], MAX_STEP_BINS)
+                    results = self.recognizer.step(
+                        [s.stream for s in ready], MAX_STEP_BINS, CATCH_UP_BINS
+                    )
                 except Exception as error:  # a bug must not stall every other stream
                     logger.exception("network step failed")
                     for session in ready:

@@ -673,6 +673,15 @@ def verify_offline(model: str, results: list[ClientResult], k: int) -> dict:
     return {"checked": checked, "identical": identical, "differences": details[:3]}
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds all processes of this machine have used (not idle or waiting)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    fields = ("user", "nice", "system", "irq", "softirq", "steal")
+    return sum(getattr(times, name, 0.0) for name in fields)
+
+
 async def run_load(
     url: str,
     sequences: list[Sequence],
@@ -690,6 +699,7 @@ async def run_load(
     start = time.monotonic() + 0.2
     mark0 = monitor.mark() if monitor else None
     own0 = (time.monotonic(), sum(me.cpu_times()[:2]))
+    busy0 = _machine_busy_s()
     # Loop lag: how late a 10 ms timer fires, sampled while the clients run.
     lag: list[float] = []
     stop = asyncio.Event()
@@ -711,12 +721,14 @@ async def run_load(
     await probe
     mark1 = monitor.mark() if monitor else None
     own1 = (time.monotonic(), sum(me.cpu_times()[:2]))
+    busy1 = _machine_busy_s()
     window = {
         "server": cpu_between(mark0, mark1),
         "client_cpu_s": own1[1] - own0[1],
         "client_cores": (own1[1] - own0[1]) / (own1[0] - own0[0]),
         "wall_s": own1[0] - own0[0],
         "loop_lag": percentiles(lag),
+        "machine_busy_cores": (busy1 - busy0) / (own1[0] - own0[0]),
     }
     return results, window
 
@@ -853,7 +865,17 @@ def one_run(
             "loop_lag_s": window["loop_lag"],
             "wall_s": window["wall_s"],
         },
-        "machine": {"cpu_count": cores, "load_avg_1m": os.getloadavg()[0]},
+        "machine": {
+            "cpu_count": cores,
+            "load_avg_1m": os.getloadavg()[0],
+            "busy_cores": window["machine_busy_cores"],
+            # Everything else that ran meanwhile (another job on a shared machine).
+            "other_cores": (
+                window["machine_busy_cores"] - server_cpu["cores"] - window["client_cores"]
+                if server_cpu["cores"] is not None
+                else None
+            ),
+        },
     }
     if server is not None and not all(c["ok"] for c in per_client):
         report["server"]["log_tail"] = server.log_tail()
@@ -968,6 +990,10 @@ def print_report(runs: list[dict], meta: dict) -> None:
         lambda r: "{}/{} ms".format(
             _ms(r["client"]["send_late_s"]["p95"]), _ms(r["client"]["send_late_s"]["max"])
         ),
+    )
+    row(
+        "other processes' CPU (cores)",
+        lambda r: _num(r["machine"]["other_cores"]),
     )
     row(
         "load avg (1 min) / cores",

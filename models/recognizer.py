@@ -172,20 +172,24 @@ class Recognizer:
 
     # ----- stepping ---------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, streams: list[Stream], max_bins: int = 1) -> list[list[WordEvent]]:
-        """Advance each stream by its next ready bins, up to ``max_bins`` (step mode).
+    def step(
+        self, streams: list[Stream], max_bins: int = 1, catch_up: int = 0
+    ) -> list[list[WordEvent]]:
+        """Advance each stream by its next ready bin, or, for a stream holding more than
+        ``catch_up`` ready bins, by up to ``max_bins`` of them (step mode).
 
         Streams advancing by the same number of bins go through the network as one
         batch: with one bin per stream (the default), one call for all of them.  A
-        stream holding several bins (a client sending 100-250 ms per message)
-        advances by all of them in one call, instead of one call per bin, up to
+        stream that has fallen behind advances by several bins in one call, instead
+        of one call per bin (less work per bin, but a longer call), up to
         and including the next bin after which its network rests (found ahead
         from the input activity, as :meth:`drain` does), so that each call starts
         from the state the stream would have when stepped bin by bin.
         """
         groups: dict[int, list[int]] = {}
         for i, stream in enumerate(streams):
-            n = self._window(stream, max_bins) if max_bins > 1 else 1
+            behind = max_bins > 1 and len(stream.ready) > catch_up
+            n = self._window(stream, max_bins) if behind else 1
             groups.setdefault(n, []).append(i)
         results: list[list[WordEvent]] = [[] for _ in streams]
         rests: list[int] = []  # rows going back to rest after their last bin
