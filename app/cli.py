@@ -151,8 +151,13 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+    import shutil
+    import tempfile
+
     import uvicorn
 
+    from app.metrics import MULTIPROCESS_DIR
     from app.server import create_app
     from app.settings import Settings
 
@@ -165,21 +170,31 @@ def cmd_serve(args: argparse.Namespace) -> None:
     print(
         f"spikeear: serving on http://{args.host}:{args.port} (demo page at /, API docs at /docs)"
     )
+    metrics_dir = None
     if args.workers > 1:
         # Streams are spread over processes by the kernel; each has its own scheduler.
         settings.to_environment()
         app = "app.server:app_from_environment"
-    uvicorn.run(
-        app,
-        factory=args.workers > 1,
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        ws_max_size=settings.max_message_bytes,
-        # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
-        ws_per_message_deflate=False,
-        log_level=args.log_level,
-    )
+        if not os.environ.get(MULTIPROCESS_DIR):
+            # Every worker writes its metrics here and /metrics sums them (set before
+            # the workers start: prometheus-client reads it when it is imported).
+            metrics_dir = tempfile.mkdtemp(prefix="spikeear-metrics-")
+            os.environ[MULTIPROCESS_DIR] = metrics_dir
+    try:
+        uvicorn.run(
+            app,
+            factory=args.workers > 1,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            ws_max_size=settings.max_message_bytes,
+            # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
+            ws_per_message_deflate=False,
+            log_level=args.log_level,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -345,7 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--max-upload-mb", type=int, default=50, help="batch upload size limit")
-    p.add_argument("--workers", type=int, default=1, help="server processes (use one per CPU core)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own scheduler; /metrics sums them",
+    )
     p.add_argument("--log-level", default="info")
 
     p = command("transcribe", cmd_transcribe, "Transcribe audio files (or SHD spike files).")

@@ -1,8 +1,18 @@
-"""Prometheus metrics of one service instance (own registry, so tests can make many)."""
+"""Prometheus metrics of one service instance (own registry, so tests can make many).
+
+With ``spikeear serve --workers N`` every worker process counts its own streams;
+the server then runs prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``
+set before the workers start), and ``/metrics`` on any worker reports the sums
+over all of them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -13,6 +23,7 @@ class Metrics:
             "Open streaming connections",
             ["endpoint"],
             registry=self.registry,
+            multiprocess_mode="livesum",  # with several workers: summed over live ones
         )
         self.audio_seconds = Counter(
             "spikeear_audio_seconds",
@@ -41,3 +52,23 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The text ``/metrics`` serves: this process's metrics, or in multiprocess
+        mode those of all worker processes together."""
+        path = os.environ.get(MULTIPROCESS_DIR)
+        if not path:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+        return generate_latest(registry)
+
+    @staticmethod
+    def process_exiting() -> None:
+        """In multiprocess mode: drop this process's live gauges from the sums."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())

@@ -1,10 +1,11 @@
-"""Steps every active stream's network together, one bin at a time, in one batch.
+"""Steps every active stream's network together, in one batch.
 
 Transports feed audio into their :class:`Session`; the scheduler runs the audio
 waiting in all sessions through the cochlea in one kernel call in a worker thread
 (numba releases the GIL), and, woken by new bins, waits one short tick for other
 streams' bins and then steps all streams that have bins ready as one batch, so
-the cost per stream falls as load rises.  Each
+the cost per stream falls as load rises (a stream that has fallen behind advances
+by up to ``MAX_STEP_BINS`` bins in that call).  Each
 session gets its word events and can wait until its audio so far has been fully
 processed (the Vosk protocol answers every chunk).
 
@@ -33,6 +34,12 @@ from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
+# A stream that has fallen behind (more than CATCH_UP_BINS ready, 0.5 s of audio at
+# 20 ms bins) catches up by up to MAX_STEP_BINS bins per network call, rather than one
+# call per bin: less CPU per bin under overload.  Streams keeping up advance one bin
+# per call, which gives the lowest latency (one long call blocks the event loop).
+MAX_STEP_BINS = 13
+CATCH_UP_BINS = 25
 STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
 INLINE_EVENTS = 4800  # spike chunks up to this size are binned on the event loop
 logger = logging.getLogger(__name__)
@@ -56,7 +63,8 @@ class Session:
         self._arrivals: deque[tuple[int, float]] = deque()  # (bins ready after chunk, arrival)
         self._lock = asyncio.Lock()
         self.error: str | None = None
-        self._audio: list[np.ndarray] = []  # mono float32 chunks waiting for the cochlea
+        self._audio: list[np.ndarray] = []  # mono chunks (int16 or float32) for the cochlea
+        self._audio_waiting = 0  # samples in them
         self._audio_final = False  # the last waiting chunk ends the stream
         self._audio_in_cochlea = False
         self._samples_fed = 0  # at the client's sample rate
@@ -67,8 +75,7 @@ class Session:
     @property
     def pending_bins(self) -> int:
         """Bins fed but not yet through the network, waiting audio included."""
-        waiting = sum(len(chunk) for chunk in self._audio) / self._input_per_bin
-        return len(self.stream.ready) + int(waiting)
+        return len(self.stream.ready) + int(self._audio_waiting / self._input_per_bin)
 
     async def feed_audio(self, samples: np.ndarray, final: bool = False) -> None:
         """Queue a chunk for the cochlea (no wait: the scheduler runs the chunks of
@@ -78,9 +85,11 @@ class Session:
             raise RuntimeError(self.error)
         if self._audio_final or self.stream.finished:
             raise ValueError("stream already finished")
-        samples = to_mono_float(samples)  # bad audio fails this stream here, not a batch
+        if samples.dtype != np.int16 or samples.ndim != 1:  # int16 is converted in the batch
+            samples = to_mono_float(samples)  # bad audio fails this stream here, not a batch
         self._audio.append(samples)
         self._audio_final = final
+        self._audio_waiting += len(samples)
         self._samples_fed += len(samples)
         self._arrivals.append((int(self._samples_fed / self._input_per_bin), arrival))
         self._idle.clear()
@@ -88,8 +97,14 @@ class Session:
 
     def take_audio(self) -> tuple[Stream, np.ndarray, bool]:
         """All waiting audio as one chunk (the cochlea is chunking-invariant)."""
-        samples = self._audio[0] if len(self._audio) == 1 else np.concatenate(self._audio)
+        if len(self._audio) == 1:
+            samples = self._audio[0]
+        elif all(chunk.dtype == np.int16 for chunk in self._audio):
+            samples = np.concatenate(self._audio)
+        else:
+            samples = np.concatenate([to_mono_float(chunk) for chunk in self._audio])
         self._audio = []
+        self._audio_waiting = 0
         self._audio_in_cochlea = True
         return self.stream, samples, self._audio_final
 
@@ -122,8 +137,9 @@ class Session:
 
     def _deliver(self, events: list[WordEvent]) -> None:
         for event in events:
-            if event.kind == "partial":
-                self.scheduler.observe_latency(self._arrival_of(self.stream.bins_done))
+            if event.kind == "partial":  # decided at the end of bin round(time / bin_s)
+                bins = round(event.time / self.scheduler.recognizer.bin_s)
+                self.scheduler.observe_latency(self._arrival_of(bins))
             self.events.put_nowait(event)
         self._settle()
 
@@ -142,6 +158,7 @@ class Session:
         self.scheduler.discard(self)
         self.stream.ready.clear()
         self._audio = []
+        self._audio_waiting = 0
         self.events.put_nowait(SessionFailed(reason))
         self._idle.set()
 
@@ -232,7 +249,9 @@ class StreamScheduler:
                 if len(ready) > MAX_BATCH:  # the streams furthest behind go first
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
                 try:
-                    results = self.recognizer.step([s.stream for s in ready])
+                    results = self.recognizer.step(
+                        [s.stream for s in ready], MAX_STEP_BINS, CATCH_UP_BINS
+                    )
                 except Exception as error:  # a bug must not stall every other stream
                     logger.exception("network step failed")
                     for session in ready:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 
@@ -37,9 +38,11 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        await asyncio.to_thread(scheduler.recognizer.warm_up)
         scheduler.start()
         yield
         await scheduler.stop()
+        metrics.process_exiting()
 
     app = FastAPI(
         title="spikeear",

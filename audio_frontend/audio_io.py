@@ -30,6 +30,8 @@ def check_sample_rate(sample_rate: int) -> int:
 
 def to_mono_float(samples: np.ndarray) -> np.ndarray:
     """Convert int16/float PCM, mono ``[n]`` or multichannel ``[n, ch]``, to float32 mono."""
+    if samples.dtype == np.int16 and samples.ndim == 1:  # the streaming case, first
+        return samples.astype(np.float32) / 32768.0
     if samples.ndim == 2:
         if not 1 <= samples.shape[1] <= MAX_INPUT_CHANNELS:
             raise AudioError(
@@ -48,6 +50,17 @@ def to_mono_float(samples: np.ndarray) -> np.ndarray:
     if audio.ndim == 2:
         audio = audio.mean(axis=1, dtype=np.float32)
     return audio
+
+
+def decode_s16le(data: bytes) -> np.ndarray:
+    """Mono s16le bytes as int16 samples (not yet scaled: :func:`to_mono_float` and the
+    cochlea take int16 as it is, so a stream's chunks are converted in one go)."""
+    if len(data) % 2:
+        raise AudioError(
+            f"audio message of {len(data)} bytes is not a whole number of s16le frames"
+        )
+    samples = np.frombuffer(data, "<i2")
+    return samples if samples.dtype == np.int16 else samples.astype(np.int16)
 
 
 def decode_pcm(data: bytes, fmt: str, n_channels: int = 1) -> np.ndarray:

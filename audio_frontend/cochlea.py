@@ -150,9 +150,12 @@ class Cochlea:
         for samples, state, final in chunks:
             if state.finished:
                 raise AudioError("this stream has already been finished")
-            x = to_mono_float(np.asarray(samples))
-            if state.resampler is not None:
-                x = state.resampler.resample_chunk(x, last=final)
+            x = np.asarray(samples)
+            if state.resampler is not None or x.dtype != np.int16 or x.ndim != 1:
+                x = to_mono_float(x)
+                if state.resampler is not None:
+                    x = state.resampler.resample_chunk(x, last=final)
+            # else int16 mono at the cochlea's rate: scaled below with all the others
             state.finished = final
             audio.append(x)
             states.append(state)
@@ -176,7 +179,7 @@ class Cochlea:
         """Per stream: sample index (within its audio, int64) and channel (int32) of
         every spike."""
         cfg = self.config
-        x = np.concatenate(audio, dtype=np.float64) if audio else np.zeros(0)
+        x = _samples(audio)
         x_bounds = np.cumsum([0] + [len(a) for a in audio])
         filters, adaptation, membranes, refractory = (
             _stack([getattr(s, name) for s in states])
@@ -230,6 +233,21 @@ class Cochlea:
     def encode(self, samples: np.ndarray, sample_rate: int) -> SpikeEvents:
         """Whole-signal convenience: a fresh stream fed once and finished."""
         return self.process(samples, self.new_state(sample_rate), final=True)
+
+
+def _samples(audio: list[np.ndarray]) -> np.ndarray:
+    """The float64 samples of several chunks, float or int16 PCM, end to end.  int16
+    is scaled as :func:`to_mono_float` scales it (``/ 32768`` is exact in both float
+    widths, so the values are identical), all chunks in one operation."""
+    if not audio:
+        return np.zeros(0)
+    if all(a.dtype == np.int16 for a in audio):
+        x = np.concatenate(audio, dtype=np.float64)
+        x *= 1.0 / 32768.0
+        return x
+    return np.concatenate(
+        [to_mono_float(a) if a.dtype == np.int16 else a for a in audio], dtype=np.float64
+    )
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:

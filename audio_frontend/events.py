@@ -97,28 +97,31 @@ class SpikeBinner:
 
     def add(self, events: SpikeEvents, complete_until_sample: int) -> np.ndarray:
         """Count ``events`` and return the bins that end at or before the given sample."""
+        complete = complete_until_sample // self.bin_samples - self.next_bin
         if len(events):
+            if complete > len(self._pending):  # rows about to be taken anyway: one call
+                self._grow(complete)
             args = (events.times, events.channels, self.sample_rate, self.bin_samples)
             needed = _count_into(*args, self.next_bin, self._pending)
             if needed < 0:
                 raise ValueError("spike events arrived for a time that has already been binned")
             if needed > len(self._pending):  # grow, then count (nothing was counted yet)
-                grown = np.zeros((needed, self.n_channels), np.float32)
-                grown[: len(self._pending)] = self._pending
-                self._pending = grown
+                self._grow(needed)
                 _count_into(*args, self.next_bin, self._pending)
-        complete = complete_until_sample // self.bin_samples - self.next_bin
         return self._take(max(0, complete))
 
     def flush(self) -> np.ndarray:
         """All bins holding counted events, the last possibly partial."""
         return self._take(len(self._pending))
 
+    def _grow(self, n: int) -> None:
+        grown = np.zeros((n, self.n_channels), np.float32)
+        grown[: len(self._pending)] = self._pending
+        self._pending = grown
+
     def _take(self, n: int) -> np.ndarray:
         if n > len(self._pending):
-            grown = np.zeros((n, self.n_channels), np.float32)
-            grown[: len(self._pending)] = self._pending
-            self._pending = grown
+            self._grow(n)
         done, self._pending = self._pending[:n], self._pending[n:]
         self.next_bin += n
         return done

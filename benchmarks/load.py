@@ -3,8 +3,9 @@
 Starts ``spikeear serve`` as a subprocess on a free loopback port (or uses a running
 server given with ``--url``), then opens ``--streams`` concurrent clients on
 ``/v1/stream`` from one asyncio loop (uvloop when installed).  Every client streams
-``--seconds`` of real speech at real-time pace: s16le in 20 ms chunks, each sent at
-``t0 + k * 20 ms`` against a monotonic clock.  The audio is random in-vocabulary
+``--seconds`` of real speech at real-time pace: s16le in 20 ms chunks (``--chunk-ms``;
+real clients often send 100-250 ms), each sent at ``t0 + k * chunk`` against a
+monotonic clock.  The audio is random in-vocabulary
 words (Speech Commands clips trimmed to the word) separated by 0.4-0.8 s of
 silence, as many as fit (3-4 per 5 s, ~15 per 20 s), so the ground truth (word,
 start, end) is known.  Clients
@@ -81,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech_commands"
 FIXTURES = REPO / "tests" / "fixtures"
 RATE = 16000
-CHUNK_S = 0.02
+CHUNK_S = 0.02  # default chunk: 20 ms (``--chunk-ms``)
 CHUNK = round(RATE * CHUNK_S)
 TARGET_STREAMS = 100
 TARGET_P95_S = 0.200
@@ -402,6 +403,7 @@ class ServerProcess:
         log_path: Path,
         startup_timeout: float = 90.0,
         threads: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -409,6 +411,7 @@ class ServerProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--model", model, "--log-level", "warning"]
+        command += ["--workers", str(workers)]
         env = dict(os.environ)
         if threads is not None:  # torch's intra-op pool reads these at startup
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -427,6 +430,8 @@ class ServerProcess:
                 raise SystemExit(f"server exited at startup; see {log_path}:\n{self.log_tail()}")
             try:
                 http_get(f"{self.base}/health", timeout=2.0)
+                if workers > 1:  # the first worker answers; give the others time to start
+                    time.sleep(2.0 + workers)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -542,6 +547,7 @@ def scrape_metrics(base: str) -> dict:
 class ClientResult:
     index: int
     sequence: Sequence
+    chunk: int = CHUNK  # samples per message
     send_times: list[float] = field(default_factory=list)
     send_late: list[float] = field(default_factory=list)
     eof_sent: float | None = None
@@ -553,9 +559,9 @@ class ClientResult:
     done_at: float | None = None
 
 
-def chunk_of(t: float) -> int:
-    """Index of the 20 ms chunk holding stream time t (the sample just before t)."""
-    return max(0, math.ceil(round(t / CHUNK_S, 6)) - 1)
+def chunk_of(t: float, chunk_s: float = CHUNK_S) -> int:
+    """Index of the chunk holding stream time t (the sample just before t)."""
+    return max(0, math.ceil(round(t / chunk_s, 6)) - 1)
 
 
 async def run_client(
@@ -565,7 +571,9 @@ async def run_client(
     from websockets.exceptions import ConnectionClosed
 
     pcm = result.sequence.s16le()
-    chunks = [pcm[i : i + 2 * CHUNK] for i in range(0, len(pcm), 2 * CHUNK)]
+    step = 2 * result.chunk
+    chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+    chunk_s = result.chunk / RATE
 
     async def receive(ws) -> None:
         try:
@@ -592,7 +600,7 @@ async def run_client(
                 receiver = asyncio.create_task(receive(ws))
                 t0 = time.monotonic()
                 for k, chunk in enumerate(chunks):
-                    target = t0 + k * CHUNK_S
+                    target = t0 + k * chunk_s
                     delay = target - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -614,10 +622,11 @@ async def run_client(
 def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict:
     partial_lat, final_lat, finals, flushed = [], [], [], 0
     sends = result.send_times
+    chunk_s = result.chunk / RATE
     for received, event in result.events:
         kind = event.get("type")
         if kind == "partial" and sends:
-            k = chunk_of(event["time"])
+            k = chunk_of(event["time"], chunk_s)
             sent = sends[k] if k < len(sends) else result.eof_sent
             if sent is not None:
                 partial_lat.append(received - sent)
@@ -627,7 +636,7 @@ def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict
             if event["end"] + hangover_s > result.sequence.seconds + 1e-6:
                 flushed += 1
             elif sends:
-                k = min(chunk_of(event["end"]), len(sends) - 1)
+                k = min(chunk_of(event["end"], chunk_s), len(sends) - 1)
                 final_lat.append(received - sends[k])
     return {
         "partial_latency": partial_lat,
@@ -636,7 +645,7 @@ def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict
         "flushed_finals": flushed,
         "match": match_words(result.sequence.words, finals),
         "ok": result.got_eof and result.close_code == 1000 and result.error is None,
-        "complete": len(sends) == math.ceil(len(result.sequence.audio) / CHUNK),
+        "complete": len(sends) == math.ceil(len(result.sequence.audio) / result.chunk),
     }
 
 
@@ -664,6 +673,15 @@ def verify_offline(model: str, results: list[ClientResult], k: int) -> dict:
     return {"checked": checked, "identical": identical, "differences": details[:3]}
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds all processes of this machine have used (not idle or waiting)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    fields = ("user", "nice", "system", "irq", "softirq", "steal")
+    return sum(getattr(times, name, 0.0) for name in fields)
+
+
 async def run_load(
     url: str,
     sequences: list[Sequence],
@@ -671,15 +689,17 @@ async def run_load(
     partials: bool,
     timeout: float,
     monitor: ProcessMonitor | None,
+    chunk: int = CHUNK,
 ) -> tuple[list[ClientResult], dict]:
     import psutil
 
     me = psutil.Process()
-    results = [ClientResult(i, s) for i, s in enumerate(sequences)]
+    results = [ClientResult(i, s, chunk) for i, s in enumerate(sequences)]
     n = len(results)
     start = time.monotonic() + 0.2
     mark0 = monitor.mark() if monitor else None
     own0 = (time.monotonic(), sum(me.cpu_times()[:2]))
+    busy0 = _machine_busy_s()
     # Loop lag: how late a 10 ms timer fires, sampled while the clients run.
     lag: list[float] = []
     stop = asyncio.Event()
@@ -701,12 +721,14 @@ async def run_load(
     await probe
     mark1 = monitor.mark() if monitor else None
     own1 = (time.monotonic(), sum(me.cpu_times()[:2]))
+    busy1 = _machine_busy_s()
     window = {
         "server": cpu_between(mark0, mark1),
         "client_cpu_s": own1[1] - own0[1],
         "client_cores": (own1[1] - own0[1]) / (own1[0] - own0[0]),
         "wall_s": own1[0] - own0[0],
         "loop_lag": percentiles(lag),
+        "machine_busy_cores": (busy1 - busy0) / (own1[0] - own0[0]),
     }
     return results, window
 
@@ -731,7 +753,9 @@ def one_run(
                 "no model: models/spikeear-default.pt does not exist; "
                 "pass --model PATH or --random-model"
             )
-        server = ServerProcess(model, workdir / f"server-{n}.log", threads=args.server_threads)
+        server = ServerProcess(
+            model, workdir / f"server-{n}.log", threads=args.server_threads, workers=args.workers
+        )
         ws_url = f"ws://127.0.0.1:{server.port}/v1/stream"
         base, pid = server.base, server.pid
     monitor, bin_ms = None, None
@@ -749,7 +773,9 @@ def one_run(
         timeout = args.seconds * 1.5 + args.ramp + 60
         loop_run = _event_loop_runner(args.no_uvloop)
         results, window = loop_run(
-            run_load(ws_url, sequences, args.ramp, not args.no_partials, timeout, monitor)
+            run_load(
+                ws_url, sequences, args.ramp, not args.no_partials, timeout, monitor, args.chunk
+            )
         )
         time.sleep(0.3)
         after = scrape_metrics(base)
@@ -769,7 +795,8 @@ def one_run(
         key: sum(c["match"][key] for c in per_client)
         for key in ("truth", "finals", "correct", "substituted", "missed", "inserted")
     }
-    sent_audio = sum(len(r.send_times) * CHUNK for r in results) / RATE
+    sent_audio = sum(min(len(r.send_times) * r.chunk, len(r.sequence.audio)) for r in results)
+    sent_audio /= RATE
     audio_delta = (
         after.get("audio_seconds_v1", 0) - before.get("audio_seconds_v1", 0) if after else None
     )
@@ -783,6 +810,8 @@ def one_run(
     report = {
         "streams": n,
         "seconds_per_stream": args.seconds,
+        "chunk_ms": 1000 * args.chunk / RATE,
+        "workers": None if args.url else args.workers,
         "audio_s_sent": sent_audio,
         "words_per_stream": totals["truth"] / max(1, n),
         "latency_partial_s": percentiles(partial_lat),
@@ -836,7 +865,17 @@ def one_run(
             "loop_lag_s": window["loop_lag"],
             "wall_s": window["wall_s"],
         },
-        "machine": {"cpu_count": cores, "load_avg_1m": os.getloadavg()[0]},
+        "machine": {
+            "cpu_count": cores,
+            "load_avg_1m": os.getloadavg()[0],
+            "busy_cores": window["machine_busy_cores"],
+            # Everything else that ran meanwhile (another job on a shared machine).
+            "other_cores": (
+                window["machine_busy_cores"] - server_cpu["cores"] - window["client_cores"]
+                if server_cpu["cores"] is not None
+                else None
+            ),
+        },
     }
     if server is not None and not all(c["ok"] for c in per_client):
         report["server"]["log_tail"] = server.log_tail()
@@ -893,7 +932,8 @@ def print_report(runs: list[dict], meta: dict) -> None:
         f"[bold]Clips[/]: {meta['clips']} word clips ({meta['clip_words']} words) from "
         f"{meta['clip_source']}; model: {meta['model']}"
     )
-    table = Table(title="spikeear /v1/stream under real-time load (20 ms s16le chunks)")
+    chunk_ms = ", ".join(sorted({f"{r['chunk_ms']:g}" for r in runs}))
+    table = Table(title=f"spikeear /v1/stream under real-time load ({chunk_ms} ms s16le chunks)")
     table.add_column("")
     for r in runs:
         table.add_column(f"{r['streams']} x {r['seconds_per_stream']:g} s", justify="right")
@@ -911,6 +951,7 @@ def print_report(runs: list[dict], meta: dict) -> None:
         return f"{v['identical']}/{v['checked']}" if v else "-"
 
     counted = {True: "yes", False: "NO", None: "-"}
+    row("server workers", lambda r: "-" if r["workers"] is None else str(r["workers"]))
     row("partial latency p50/p95/max", lat("latency_partial_s"))
     row("final latency from word end", lat("latency_final_from_word_end_s"))
     row("  ... less the decoder's hangover", lat("latency_final_less_hangover_s"))
@@ -951,6 +992,10 @@ def print_report(runs: list[dict], meta: dict) -> None:
         ),
     )
     row(
+        "other processes' CPU (cores)",
+        lambda r: _num(r["machine"]["other_cores"]),
+    )
+    row(
         "load avg (1 min) / cores",
         lambda r: "{:.1f} / {}".format(r["machine"]["load_avg_1m"], r["machine"]["cpu_count"]),
     )
@@ -983,6 +1028,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=100, help="concurrent clients")
     p.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
+    p.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=1000 * CHUNK_S,
+        help="audio per WebSocket message (default 20; real clients often send 100-250)",
+    )
     p.add_argument("--sweep", help="comma-separated stream counts, e.g. 1,10,50,100")
     p.add_argument("--url", help="ws://127.0.0.1:PORT/v1/stream of a running server")
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid for CPU/RSS")
@@ -990,6 +1041,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--server-threads",
         type=int,
         help="OMP_NUM_THREADS/MKL_NUM_THREADS for the started server (default: inherited)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="spikeear serve --workers for the started server (its /metrics sums them)",
     )
     p.add_argument("--model", help="model file to serve (default: models/spikeear-default.pt)")
     p.add_argument("--random-model", action="store_true", help="serve an untrained network")
@@ -1007,6 +1064,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--url must point at a loopback address")
     if args.seconds <= 0 or args.seconds > 600:
         p.error("--seconds must be in (0, 600]")
+    if not 1 <= args.chunk_ms <= 1000:
+        p.error("--chunk-ms must be between 1 and 1000")
+    args.chunk = round(RATE * args.chunk_ms / 1000)
     counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.streams]
     if any(not 1 <= c <= 1000 for c in counts):
         p.error("stream counts must be between 1 and 1000")

@@ -106,6 +106,13 @@ class Decoder:
         self, state: DecoderState, probabilities: np.ndarray, activity: float
     ) -> list[WordEvent]:
         """Advance one bin: ``probabilities`` of the classes, ``activity`` = input spikes."""
+        return self.advance(state, probabilities, activity)[0]
+
+    def advance(
+        self, state: DecoderState, probabilities: np.ndarray, activity: float
+    ) -> tuple[list[WordEvent], Boundary]:
+        """:meth:`step`, also returning what the bin did to the word boundaries (so
+        that a caller stepping the network bin by bin needs no look-ahead copy)."""
         events: list[WordEvent] = []
         # While idle, keep the last bins: a word's evidence starts at its onset.
         was_in_word = state.in_word
@@ -124,7 +131,7 @@ class Decoder:
             events += self._partial(state)
         if boundary.closed:
             events += self._final(state, state.bin_index * self.bin_s)
-        return events
+        return events, boundary
 
     def endpoint(self, state: DecoderState, activity: float) -> Boundary:
         """The word-boundary part of :meth:`step`: it depends on the input activity

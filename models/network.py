@@ -121,6 +121,13 @@ class StatePool:
         for tensor in self._rows:
             tensor[row].zero_()
 
+    def reset_many(self, rows: list[int]) -> None:
+        """:meth:`reset` for several rows: one operation per state tensor."""
+        if rows:
+            index = torch.tensor(rows)
+            for tensor in self._rows:
+                tensor.index_fill_(0, index, 0.0)
+
     def gather(self, rows: torch.Tensor) -> NetworkState:
         return NetworkState.from_tensors([t.index_select(0, rows) for t in self._rows])
 

@@ -36,6 +36,7 @@ class StreamOptions:
     input: Literal["audio", "spikes"] = "audio"
     vocabulary: tuple[str, ...] | None = None  # restrict to these words
     emit_unknown: bool = False  # report out-of-vocabulary words as "_unknown_"
+    activity: bool = True  # keep ``Stream.activity`` up to date (live displays)
 
 
 class StreamActivity(NamedTuple):
@@ -170,35 +171,100 @@ class Recognizer:
 
     # ----- stepping ---------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, streams: list[Stream]) -> list[list[WordEvent]]:
-        """Advance each stream by one ready bin, all in one network batch (step mode)."""
-        if not streams:
-            return []
-        bins = np.stack([s.ready[0] for s in streams])
+    def step(
+        self, streams: list[Stream], max_bins: int = 1, catch_up: int = 0
+    ) -> list[list[WordEvent]]:
+        """Advance each stream by its next ready bin, or, for a stream holding more than
+        ``catch_up`` ready bins, by up to ``max_bins`` of them (step mode).
+
+        Streams advancing by the same number of bins go through the network as one
+        batch: with one bin per stream (the default), one call for all of them.  A
+        stream that has fallen behind advances by several bins in one call, instead
+        of one call per bin (less work per bin, but a longer call), up to
+        and including the next bin after which its network rests (found ahead
+        from the input activity, as :meth:`drain` does), so that each call starts
+        from the state the stream would have when stepped bin by bin.
+        """
+        groups: dict[int, list[int]] = {}
+        for i, stream in enumerate(streams):
+            behind = max_bins > 1 and len(stream.ready) > catch_up
+            n = self._window(stream, max_bins) if behind else 1
+            groups.setdefault(n, []).append(i)
+        results: list[list[WordEvent]] = [[] for _ in streams]
+        rests: list[int] = []  # rows going back to rest after their last bin
+        for n, members in groups.items():
+            group = [streams[i] for i in members]
+            events = self._step_group(group, n, rests)
+            for i, stream_events in zip(members, events, strict=True):
+                results[i] = stream_events
+        if rests:
+            with self.pool.lock:
+                self.pool.reset_many(rests)
+        return results
+
+    def _window(self, stream: Stream, max_bins: int) -> int:
+        """How many of the stream's ready bins (at most ``max_bins``) one network call
+        may take: up to and including the first one after which the network rests."""
+        n = min(max_bins, len(stream.ready))
+        if n <= 1:
+            return n
+        activity = np.stack(stream.ready[:n]).sum(axis=1).tolist()
+        decoder = stream.decoder.copy()  # endpoint() only rebinds its scalar fields
+        idle = stream.idle_bins
+        for t, spikes in enumerate(activity):
+            closed = self.decoder.endpoint(decoder, spikes).closed
+            idle = 0 if decoder.in_word else idle + 1
+            if closed or idle >= self._reset_after_bins:
+                return t + 1
+        return n
+
+    def _step_group(self, streams: list[Stream], n: int, rests: list[int]) -> list[list[WordEvent]]:
+        """``n`` bins of each stream through one network call, then the decoder."""
+        if n == 1:
+            bins = np.stack([s.ready[0] for s in streams])[:, None]
+        else:
+            bins = np.stack([np.stack(s.ready[:n]) for s in streams])
         rows = torch.tensor([s.row for s in streams])
         with self.pool.lock:
-            evidence, state, activity = self.network.step(
-                torch.from_numpy(bins), self.pool.gather(rows)
-            )
+            evidence, state, activity = self.network(torch.from_numpy(bins), self.pool.gather(rows))
             self.pool.scatter(rows, state)
-        probabilities = evidence.softmax(-1).numpy()
-        # Per-stream accounting for all streams at once: [streams] each.
-        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=1)
-        input_spikes = bins.sum(axis=1)
-        hidden_spikes = layer_spikes.sum(axis=1).tolist()
-        input_ops = (input_spikes * self._fan_out[0]).tolist()
-        hidden_ops = (layer_spikes @ self._fan_out[1:]).tolist()
+        probabilities = evidence.softmax(-1).numpy()  # [streams, n, classes]
+        # Per-stream accounting for all streams at once.
+        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=-1)  # [s, n, layers]
+        input_spikes = bins.sum(axis=2)  # [streams, n]
+        hidden_spikes = layer_spikes.sum(axis=(1, 2)).tolist()
+        synaptic_ops = (
+            (input_spikes * self._fan_out[0] + layer_spikes @ self._fan_out[1:])
+            .sum(axis=1)
+            .tolist()
+        )
+        spikes = input_spikes.tolist()
+        decoder = self.decoder
         results = []
         for i, stream in enumerate(streams):
-            spikes = input_spikes[i : i + 1]
-            if self._rests(stream, spikes):
-                with self.pool.lock:
-                    self.pool.reset(stream.row)
-            del stream.ready[0]
-            events = self._decode(stream, spikes, probabilities[i : i + 1], bins[i])
+            del stream.ready[:n]
+            events: list[WordEvent] = []
+            for t in range(n):
+                # Decoding a bin also tells where the word ends: the network rests after
+                # the bin that closes a word (``_window`` ends the call there).
+                bin_events, boundary = decoder.advance(
+                    stream.decoder, probabilities[i, t], spikes[i][t]
+                )
+                events += bin_events
+                stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
+                if boundary.closed or stream.idle_bins >= self._reset_after_bins:
+                    stream.idle_bins = 0
+                    if t < n - 1:  # _window and the decoder disagree: cannot happen
+                        raise RuntimeError("network rest inside a stepped window")
+                    rests.append(stream.row)
+            stream.bins_done += n
+            if stream.options.activity:
+                self._note_activity(stream, bins[i].sum(axis=0), probabilities[i, -1])
+            if stream.finished and not stream.ready:
+                events += decoder.flush(stream.decoder)
             stream.hidden_spikes += int(hidden_spikes[i])
-            stream.synaptic_ops += int(input_ops[i]) + int(hidden_ops[i])
-            results.append(events)
+            stream.synaptic_ops += int(synaptic_ops[i])
+            results.append(self._visible(stream, events) if events else events)
         return results
 
     @torch.inference_mode()
@@ -304,17 +370,22 @@ class Recognizer:
         for t, spikes in enumerate(activity.tolist()):
             events += self.decoder.step(stream.decoder, probabilities[t], spikes)
         stream.bins_done += len(activity)
+        self._note_activity(stream, input_counts, probabilities[-1])
+        if stream.finished and not stream.ready:
+            events += self.decoder.flush(stream.decoder)
+        return self._visible(stream, events)
+
+    @staticmethod
+    def _note_activity(stream: Stream, input_counts: np.ndarray, output: np.ndarray) -> None:
+        """A new activity snapshot: ``input_counts`` per channel of the bins just done."""
         previous = (
             stream.activity.input_counts
             if stream.activity is not None
             else np.zeros(len(input_counts))
         )
         stream.activity = StreamActivity(
-            stream.bins_done, previous + input_counts, input_counts, probabilities[-1].copy()
+            stream.bins_done, previous + input_counts, input_counts, output.copy()
         )
-        if stream.finished and not stream.ready:
-            events += self.decoder.flush(stream.decoder)
-        return self._visible(stream, events)
 
     def _visible(self, stream: Stream, events: list[WordEvent]) -> list[WordEvent]:
         keep = []
@@ -325,6 +396,17 @@ class Recognizer:
                 continue
             keep.append(event)
         return keep
+
+    def warm_up(self) -> None:
+        """Run a short tone through every stage, so that the first client does not wait
+        for numba to compile (or load from its cache) the cochlea and binning kernels."""
+        t = np.arange(self.bundle.frontend.sample_rate // 10) / self.bundle.frontend.sample_rate
+        tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        with self.opened(StreamOptions(activity=False)) as stream:
+            self.feed_audio(stream, tone)
+            self.feed_audio(stream, tone, final=True)
+            self.step([stream])
+            self.drain(stream)
 
     # ----- whole recordings -----------------------------------------------------------------
     def transcribe(

@@ -139,3 +139,41 @@ def test_ending_with_the_last_chunk_or_after_it_gives_the_same_events(recognizer
     assert [e[:2] + e[3:6] for e in runs[0]] == [e[:2] + e[3:6] for e in runs[1]]
     assert [e.confidence for e in runs[0]] == pytest.approx([e.confidence for e in runs[1]])
     assert [e.word for e in runs[0] if e.kind == "final"] == ["yes"]
+
+
+def test_stepping_several_bins_per_call_gives_the_words_of_the_whole_file(recognizer):
+    """Streams holding many bins (large client chunks) advance by several bins per
+    network call, stopping at each network rest: same words and times as offline,
+    whatever the chunking, for streams stepped together and out of phase."""
+    import soundfile as sf
+
+    from models.recognizer import StreamOptions
+    from tests.conftest import fixture_path
+
+    parts = []
+    for word in ("yes", "no", "yes"):
+        audio, rate = sf.read(fixture_path(word), dtype="int16")
+        parts += [audio, np.zeros(rate // 3, np.int16)]
+    pcm = np.concatenate(parts)
+    offline = recognizer.transcribe([pcm], rate, StreamOptions(sample_rate=rate))
+    want = [(w.word, w.start, w.end) for w in offline.words]
+    assert want
+    for chunk, max_bins in ((320, 1), (4000, 13), (1700, 5), (4000, 1)):
+        streams = [recognizer.open_stream(StreamOptions(sample_rate=rate)) for _ in range(3)]
+        got: list[list] = [[] for _ in streams]
+        fed = [k * 1000 for k in range(3)]  # out of phase
+        for stream, n in zip(streams, fed, strict=True):
+            recognizer.feed_audio(stream, pcm[:n])
+        while not all(s.finished for s in streams):
+            for k, stream in enumerate(streams):
+                if not stream.finished:
+                    n = fed[k]
+                    recognizer.feed_audio(stream, pcm[n : n + chunk], final=n + chunk >= len(pcm))
+                    fed[k] = n + chunk
+            while ready := [s for s in streams if s.ready]:
+                for stream, events in zip(ready, recognizer.step(ready, max_bins), strict=True):
+                    got[[id(s) for s in streams].index(id(stream))] += events
+        for stream, events in zip(streams, got, strict=True):
+            finals = [(e.word, e.start, e.end) for e in events if e.kind == "final"]
+            assert finals == want, (chunk, max_bins)
+            recognizer.close_stream(stream)

@@ -1,6 +1,7 @@
 """The service through the real app: streaming, Vosk protocol, batch, operations, bad input."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -340,11 +341,11 @@ def test_a_failing_network_step_closes_only_that_stream(client, monkeypatch):
     original = Recognizer.step
     calls = {"n": 0}
 
-    def flaky(self, streams):
+    def flaky(self, streams, *args):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected fault")
-        return original(self, streams)
+        return original(self, streams, *args)
 
     monkeypatch.setattr(Recognizer, "step", flaky)
     with client.websocket_connect("/v1/stream") as ws:
@@ -356,3 +357,24 @@ def test_a_failing_network_step_closes_only_that_stream(client, monkeypatch):
             ws.receive_json()
     assert closed.value.code == 1011
     assert [w["word"] for w in finals(stream(client, sentence("no")))] == ["no"]
+
+
+def test_metrics_of_several_worker_processes_are_summed(tmp_path, monkeypatch):
+    """``spikeear serve --workers N``: each worker counts its own streams into the
+    multiprocess directory, and /metrics on any of them reports the sums."""
+    from app.metrics import MULTIPROCESS_DIR, Metrics
+
+    worker = (
+        "from app.metrics import Metrics\n"
+        "m = Metrics()\n"
+        "m.audio_seconds.labels('v1').inc(1.5)\n"
+        "m.active_streams.labels('v1').inc()\n"
+    )
+    env = {**os.environ, MULTIPROCESS_DIR: str(tmp_path)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
+    monkeypatch.setenv(MULTIPROCESS_DIR, str(tmp_path))
+    text = Metrics().exposition().decode()
+    assert 'spikeear_audio_seconds_total{endpoint="v1"} 3.0' in text
+    # The workers have exited without marking themselves dead: live sums still count them.
+    assert 'spikeear_active_streams{endpoint="v1"} 2.0' in text

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 router = APIRouter()
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -45,8 +45,8 @@ async def models(request: Request) -> dict:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> PlainTextResponse:
-    registry = request.app.state.services.metrics.registry
-    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    metrics = request.app.state.services.metrics
+    return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)

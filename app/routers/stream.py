@@ -24,7 +24,7 @@ from app.routers.common import (
 )
 from app.scheduler import Session, SessionFailed
 from app.schemas import StreamConfig
-from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm
+from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm, decode_s16le
 from models.recognizer import Stream, StreamActivity, StreamOptions
 
 router = APIRouter()
@@ -51,6 +51,7 @@ def stream_options(
             input=config.input,
             vocabulary=tuple(config.vocabulary) if config.vocabulary is not None else None,
             emit_unknown=config.unknown,
+            activity=config.activity,
         )
     except AudioError as error:
         raise ProtocolError(CLOSE_INVALID, str(error)) from None
@@ -246,6 +247,9 @@ async def _feed(session: Session, config: StreamConfig, data: bytes, final: bool
         if config.input == "spikes":
             await session.feed_spikes(decode_spike_records(data, config.channels), final)
         else:
-            await session.feed_audio(decode_pcm(data, config.format), final)
+            samples = decode_s16le(data) if config.format == "s16le" else None
+            await session.feed_audio(
+                samples if samples is not None else decode_pcm(data, config.format), final
+            )
     except (AudioError, ValueError) as error:
         raise ProtocolError(CLOSE_INVALID, str(error)) from None

@@ -25,7 +25,7 @@ from app.routers.common import (
 )
 from app.scheduler import Session, SessionFailed
 from app.schemas import VoskConfig
-from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm
+from audio_frontend.audio_io import AudioError, check_sample_rate, decode_s16le
 from models.decoding import WordEvent
 from models.recognizer import StreamOptions
 
@@ -55,14 +55,16 @@ class VoskSession:
                 phrases = {w for phrase in self.config.phrase_list for w in phrase.lower().split()}
                 words = tuple(w for w in vocabulary if w in phrases)
             self.session = self.services.scheduler.open(
-                StreamOptions(sample_rate=round(self.config.sample_rate), vocabulary=words)
+                StreamOptions(
+                    sample_rate=round(self.config.sample_rate), vocabulary=words, activity=False
+                )
             )
         return self.session
 
     async def accept_waveform(self, data: bytes) -> dict:
         session = self._ensure()
         try:
-            await session.feed_audio(decode_pcm(data, "s16le"))
+            await session.feed_audio(decode_s16le(data))
         except AudioError as error:
             raise ProtocolError(CLOSE_INVALID, str(error)) from None
         await session.processed()
@@ -73,7 +75,7 @@ class VoskSession:
 
     async def final_result(self) -> dict:
         session = self._ensure()
-        await session.feed_audio(decode_pcm(b"", "s16le"), final=True)
+        await session.feed_audio(decode_s16le(b""), final=True)
         await session.processed()
         finals = self._collect(session)
         session.close()
