@@ -119,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         rate_weight=args.rate_weight,
         distill_weight=args.distill,
         teachers=tuple(args.teacher or ()),
+        teacher_targets=args.teacher_targets,
         teacher_epochs=args.teacher_epochs,
         teacher_width=args.teacher_width,
         time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
@@ -436,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FILE",
         help="trained teacher; repeat for an ensemble (default: train one first)",
+    )
+    p.add_argument(
+        "--teacher-targets",
+        choices=("batch", "cached"),
+        default="batch",
+        help="teacher outputs per augmented batch, or once per stored clip variant (cheap on CPU)",
     )
     p.add_argument(
         "--teacher-only",

@@ -64,7 +64,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     assert second.with_suffix(".teacher.pt").exists() and not second.exists()
     reused = tmp_path / "reused.pt"
     args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
-    args += ["--distill", "0.5", "--delays", "0", "3"]
+    args += ["--distill", "0.5", "--delays", "0", "3", "--teacher-targets", "cached"]
     for teacher in (model, second):
         args += ["--teacher", str(teacher.with_suffix(".teacher.pt"))]
     assert main(["train", *args]) == 0
