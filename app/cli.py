@@ -329,7 +329,11 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
     p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
-    p.add_argument("--cache-dir", default="cache", help="where spike features are cached")
+    p.add_argument(
+        "--cache-dir",
+        default="cache",
+        help="where spike features (and cached teacher targets) are kept",
+    )
     p.add_argument("--max-clips", type=int, help="use a random subset (smoke tests)")
 
 

@@ -65,10 +65,12 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     reused = tmp_path / "reused.pt"
     args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
     args += ["--distill", "0.5", "--delays", "0", "3", "--teacher-targets", "cached"]
+    args += ["--cache-dir", cache]
     for teacher in (model, second):
         args += ["--teacher", str(teacher.with_suffix(".teacher.pt"))]
     assert main(["train", *args]) == 0
     assert not reused.with_suffix(".teacher.pt").exists()
+    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 1
     student = load_model(reused)
     assert student.network.config.input_delays == (0, 3)
     assert student.network.layers[0].input.in_features == 2 * 64

@@ -13,6 +13,7 @@ feature pack (``spikeear features``), which trains on a machine without the audi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -303,6 +304,29 @@ def teacher_probabilities(
     return torch.from_numpy(teacher_logits(teacher, rasters)).softmax(-1).numpy()
 
 
+def cached_teacher_targets(
+    teacher: ConvTeacher | TeacherEnsemble, rasters: np.ndarray, cache_dir: str
+) -> np.ndarray:
+    """The teacher's logits for every stored variant of every clip ``[clips, variants,
+    classes]``, computed once: the student sees its shifted and masked batches, the
+    teacher the whole variant, and a CPU run pays no teacher pass per batch.  Kept in
+    ``cache_dir`` by teacher weights and features, so that runs from the same pack and
+    teacher (a student and its analog twin) share them."""
+    digest = hashlib.sha1(np.ascontiguousarray(rasters).data)
+    for tensor in teacher.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    path = Path(cache_dir) / f"teacher-targets-{digest.hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path)
+    clips, variants = rasters.shape[:2]
+    print(f"teacher targets for {clips} clips x {variants} variants ...")
+    flat = rasters.reshape(clips * variants, *rasters.shape[2:])
+    targets = teacher_logits(teacher, flat).reshape(clips, variants, -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, targets)
+    return targets
+
+
 def train(config: TrainConfig) -> ModelBundle:
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -324,13 +348,7 @@ def train(config: TrainConfig) -> ModelBundle:
             teacher.save(out.with_suffix(".teacher.pt"))
     cached_targets = None
     if teacher is not None and config.teacher_targets == "cached":
-        # The teacher's logits for every stored variant of every clip, computed once:
-        # the student sees its shifted and masked batches, the teacher the whole
-        # variant, and a CPU run no longer pays a teacher forward pass per batch.
-        clips, variants = train_set.rasters.shape[:2]
-        print(f"teacher targets for {clips} clips x {variants} variants ...")
-        flat = train_set.rasters.reshape(clips * variants, *train_set.rasters.shape[2:])
-        cached_targets = teacher_logits(teacher, flat).reshape(clips, variants, -1)
+        cached_targets = cached_teacher_targets(teacher, train_set.rasters, config.cache_dir)
     network = Classifier(
         NetworkConfig(
             n_inputs=config.channels,
