@@ -209,14 +209,8 @@ class Recognizer:
         if n <= 1:
             return n
         activity = np.stack(stream.ready[:n]).sum(axis=1).tolist()
-        decoder = stream.decoder.copy()  # endpoint() only rebinds its scalar fields
-        idle = stream.idle_bins
-        for t, spikes in enumerate(activity):
-            closed = self.decoder.endpoint(decoder, spikes).closed
-            idle = 0 if decoder.in_word else idle + 1
-            if closed or idle >= self._reset_after_bins:
-                return t + 1
-        return n
+        rests, _ = self._look_ahead(stream, activity, first_only=True)
+        return rests[0] + 1 if rests else n
 
     def _step_group(self, streams: list[Stream], n: int, rests: list[int]) -> list[list[WordEvent]]:
         """``n`` bins of each stream through one network call, then the decoder."""
@@ -347,15 +341,26 @@ class Recognizer:
         depend on the input activity alone: a copy of the decoder's state finds
         them ahead of the network (the decoder itself then steps the same way).
         """
-        decoder = stream.decoder.copy()  # endpoint() only rebinds its scalar fields
-        rests = []
-        for t, spikes in enumerate(activity.tolist()):
-            word_ended = self.decoder.endpoint(decoder, spikes).closed
-            stream.idle_bins = 0 if decoder.in_word else stream.idle_bins + 1
-            if word_ended or stream.idle_bins >= self._reset_after_bins:
-                stream.idle_bins = 0
-                rests.append(t)
+        rests, stream.idle_bins = self._look_ahead(stream, activity.tolist())
         return rests
+
+    def _look_ahead(
+        self, stream: Stream, activity: list[float], first_only: bool = False
+    ) -> tuple[list[int], int]:
+        """The rests among the next bins (or the first of them) and the stream's idle
+        count after them, found on a copy of the decoder's state."""
+        decoder = stream.decoder.copy()  # endpoint() only rebinds its scalar fields
+        idle = stream.idle_bins
+        rests = []
+        for t, spikes in enumerate(activity):
+            word_ended = self.decoder.endpoint(decoder, spikes).closed
+            idle = 0 if decoder.in_word else idle + 1
+            if word_ended or idle >= self._reset_after_bins:
+                idle = 0
+                rests.append(t)
+                if first_only:
+                    break
+        return rests, idle
 
     def _decode(
         self,

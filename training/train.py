@@ -273,14 +273,19 @@ def train_teacher(
     return teacher.eval(), accuracy
 
 
-def fit_teacher(config: TrainConfig) -> tuple[Path, float]:
-    """Train only a teacher (to build an ensemble from several runs); it is written
-    next to ``config.out`` as ``<out>.teacher.pt``."""
+def _start_run(config: TrainConfig) -> tuple[torch.device, dict, FeatureSet, FeatureSet]:
+    """Seeds, threads and device of a run, and its features (with their summaries)."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = FeatureSpec(CochleaConfig(channels=config.channels), config.bin_ms, config.variants)
-    _, train_set, val_set = load_features(config, spec)
+    return device, *load_features(config, spec)
+
+
+def fit_teacher(config: TrainConfig) -> tuple[Path, float]:
+    """Train only a teacher (to build an ensemble from several runs); it is written
+    next to ``config.out`` as ``<out>.teacher.pt``."""
+    device, _, train_set, val_set = _start_run(config)
     teacher, accuracy = train_teacher(config, train_set, val_set, device, config.time_budget_s)
     path = Path(config.out).with_suffix(".teacher.pt")
     teacher.save(path)
@@ -328,13 +333,8 @@ def cached_teacher_targets(
 
 
 def train(config: TrainConfig) -> ModelBundle:
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
+    device, summaries, train_set, val_set = _start_run(config)
     rng = np.random.default_rng(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    frontend = CochleaConfig(channels=config.channels)
-    spec = FeatureSpec(frontend, config.bin_ms, config.variants)
-    summaries, train_set, val_set = load_features(config, spec)
     out = Path(config.out)
     teacher, teacher_accuracy = None, None
     if config.distill_weight:
@@ -470,6 +470,8 @@ def train(config: TrainConfig) -> ModelBundle:
         "(at least one speaker per source)",
         "parameters": network.parameter_count(),
     }
-    bundle = ModelBundle(network, frontend, config.vocabulary, config.bin_ms, card)
+    bundle = ModelBundle(
+        network, CochleaConfig(channels=config.channels), config.vocabulary, config.bin_ms, card
+    )
     bundle.save(out)
     return bundle
