@@ -1,5 +1,6 @@
 """Training end to end on a tiny folder: features, feature packs, a distilled student."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,24 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     student = load_model(reused)
     assert student.network.config.input_delays == (0, 3)
     assert student.network.layers[0].input.in_features == 2 * 64
+
+
+def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):
+    """The bundled model on every fixture clip: stdout is one JSON object (progress
+    bars go to stderr), the figures are consistent, and the plots are written."""
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data", str(speech_folder), "--split", "all", "--json"]
+    assert main([*argv, "--out-dir", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    native = json.loads(capsys.readouterr().out)["native"]
+    assert native["clips"] == 6  # of 7: the unreadable clip is skipped
+    per_class = native["per_class"]
+    right = sum(round(c["accuracy"] * c["clips"]) for c in per_class.values())
+    assert native["accuracy"] == pytest.approx(right / native["clips"])
+    assert native["per_clip"]["input_spikes"] > 0
+    assert native["per_clip"]["synaptic_ops"] > native["per_clip"]["input_spikes"]
+    assert 0 < native["early_decision"]["median_fraction_of_word"] <= 1
+    for plot in ("confusion.png", "accuracy_vs_time.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG")
 
 
 def _tiny_pack(path, bin_ms: float = 20.0) -> None:

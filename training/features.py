@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 from rich.progress import Progress
 
 from audio_frontend.audio_io import AudioError, load_audio
-from audio_frontend.cochlea import Cochlea, CochleaConfig
+from audio_frontend.cochlea import KERNEL_DTYPE, Cochlea, CochleaConfig
 from audio_frontend.events import SpikeEvents, bin_events
 from training.augment import augment, band_limit, place
 from training.data import Clip, DataError
@@ -41,6 +42,7 @@ class FeatureSpec:
         text = json.dumps(
             [
                 self.frontend.to_dict(),
+                np.dtype(KERNEL_DTYPE).name,  # features from float64 kernels are stale
                 self.bin_ms,
                 self.variants if augmented else 0,
                 band_limited,
@@ -211,6 +213,8 @@ def run_cochlea_jobs(
     rasters = np.zeros((len(jobs), *shape), np.uint8)
     ok = np.zeros(len(jobs), bool)
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
+    # stderr: stdout may carry a command's data (``evaluate --json``)
+    console = console or Console(stderr=True)
     with Progress(console=console) as progress, ProcessPoolExecutor(workers) as pool:
         task = progress.add_task(description, total=len(jobs))
         for index, result in pool.map(worker, jobs, chunksize=8):
