@@ -367,6 +367,9 @@ def _cochlea_kernel(
     #   stores, and count spikes in a float row rather than a uint8 matrix;
     # - the event arrays are never reallocated in the loop (that alone made the
     #   kernel ~3x slower): the caller grows them and resumes instead.
+    # - most samples have a spike in only a few channels: the events are found by
+    #   testing 8 channels' counts at once as one 64-bit word rather than each
+    #   channel's (a third of the kernel's time before).
     if saturation == 0.0:
         raise ZeroDivisionError("division by zero")  # as the Python error model did
     n_sections = b.shape[0]
@@ -379,6 +382,9 @@ def _cochlea_kernel(
     z_second[:] = z[:, 1]
     band = np.empty(n_channels, np.float32)
     spikes = np.zeros(n_channels, np.float32)  # spikes of the current sample, per channel
+    # The same counts as bytes, read 8 channels at a time as one 64-bit word.
+    spike_bytes = np.zeros(-(-n_channels // 8) * 8, np.uint8)
+    spike_words = spike_bytes.view(np.uint64)
     last_safe = event_sample.shape[0] - n_channels * n_fibres
     i = start
     while i < x.shape[0] and n_events <= last_safe:
@@ -413,12 +419,16 @@ def _cochlea_kernel(
                 v[c] = potential if charging else zero
                 rest[c] = refractory_samples if fired else left - one
         for c in range(n_channels):
-            if spikes[c] != zero:
-                for _ in range(int(spikes[c])):
-                    event_sample[n_events] = i
-                    event_channel[n_events] = c
-                    n_events += 1
-                spikes[c] = zero
+            spike_bytes[c] = np.uint8(spikes[c])
+            spikes[c] = zero
+        for k in range(spike_words.shape[0]):
+            if spike_words[k] != 0:
+                for c in range(8 * k, 8 * k + 8):
+                    for _ in range(spike_bytes[c]):
+                        event_sample[n_events] = i
+                        event_channel[n_events] = c
+                        n_events += 1
+                spike_words[k] = 0
         i += 1
     z[:, 0] = z_first
     z[:, 1] = z_second

@@ -79,6 +79,21 @@ def test_tone_excites_the_matching_channel():
         assert abs(np.log2(centre / freq)) < 0.35
 
 
+@pytest.mark.parametrize("channels", [13, 64])
+def test_tones_at_the_edge_channels_are_found(channels):
+    """The kernel reads spike counts 8 channels at a time: the first channel and the
+    last one (in a partly used group of 8 when the count is not a multiple of 8) must
+    give their events like any other."""
+    cochlea = Cochlea(CochleaConfig(channels=channels))
+    centres = cochlea.config.centre_frequencies()
+    t = np.arange(8000) / 16000
+    for channel in (0, channels - 1):
+        tone = 0.001 * np.sin(2 * np.pi * centres[channel] * t).astype(np.float32)
+        events = cochlea.encode(tone, 16000)
+        assert np.bincount(events.channels, minlength=channels).argmax() == channel
+        assert events.channels.max() < channels
+
+
 @pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000])
 def test_resampled_input_gives_similar_spikes(speech, rate):
     audio, native = speech
