@@ -99,6 +99,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError("--distill must be in [0, 1)")
     if min(args.delays) < 0:
         raise CliError("--delays must be bins >= 0")
+    for name in ("tau_u_ms", "tau_w_ms"):
+        low, high = getattr(args, name)
+        if not 0 < low <= high:
+            raise CliError(f"--{name.replace('_', '-')} needs 0 < MIN <= MAX")
     if args.teacher and not args.distill:
         raise CliError("--teacher needs --distill WEIGHT")
     config = _train_config(
@@ -108,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         kind=args.kind,
         hidden=tuple(args.hidden),
         input_delays=tuple(args.delays),
+        tau_u_ms=tuple(args.tau_u_ms),
+        tau_w_ms=tuple(args.tau_w_ms),
         max_shift_ms=args.shift_ms,
         max_time_mask_ms=args.time_mask_ms,
         max_channel_mask=args.channel_mask,
@@ -433,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BINS",
         help="synaptic delays of the inputs, in bins (e.g. 0 2 4 6: a 120 ms delay line)",
     )
+    for name, default, what in (
+        ("u", (50.0, 250.0), "membrane"),
+        ("w", (300.0, 1200.0), "adaptation"),
+    ):
+        p.add_argument(
+            f"--tau-{name}-ms",
+            type=float,
+            nargs=2,
+            default=list(default),
+            metavar=("MIN", "MAX"),
+            help=f"range of the spiking neurons' {what} time constants (initial and clamp)",
+        )
     p.add_argument("--shift-ms", type=float, default=300.0, help="batch-time random shift (max)")
     p.add_argument("--time-mask-ms", type=float, default=200.0, help="time mask width (max)")
     p.add_argument("--channel-mask", type=int, default=8, help="channel mask width (max)")

@@ -114,6 +114,7 @@ def _tiny_pack(path, bin_ms: float = 20.0) -> None:
         (["--distill", "1.5"], "--distill"),
         (["--teacher", "t.pt"], "--teacher needs --distill"),
         (["--delays", "0", "-2"], "delays"),
+        (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
     ],
 )
 def test_training_bad_input(tmp_path, extra, message):

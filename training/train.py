@@ -51,6 +51,8 @@ class TrainConfig:
     variants: int = 3
     early_weight: float = 0.0  # measured: 0.3 (with the rate bounds) stalled learning here
     rate_weight: float = 0.5
+    tau_u_ms: tuple[float, float] = (50.0, 250.0)  # membrane time constants: init range and clamp
+    tau_w_ms: tuple[float, float] = (300.0, 1200.0)  # adaptation time constants: the same
     max_shift_ms: float = 300.0  # batch-time augmentation: random shift of the clip
     max_time_mask_ms: float = 200.0  # ... a silenced stretch of time
     max_channel_mask: int = 8  # ... and of neighbouring channels
@@ -69,13 +71,17 @@ class TrainConfig:
     vocabulary: tuple[str, ...] = field(default=DEFAULT_VOCABULARY)
 
 
-def time_constants(bin_ms: float) -> dict:
+def time_constants(
+    bin_ms: float,
+    tau_u_ms: tuple[float, float] = TrainConfig.tau_u_ms,
+    tau_w_ms: tuple[float, float] = TrainConfig.tau_w_ms,
+) -> dict:
     """Neuron time constants in bins for a bin width (chosen in milliseconds)."""
     per_bin = 1.0 / bin_ms
     return {
         "readout_tau": 150.0 * per_bin,
-        "tau_u": (50.0 * per_bin, 250.0 * per_bin),
-        "tau_w": (300.0 * per_bin, 1200.0 * per_bin),
+        "tau_u": (tau_u_ms[0] * per_bin, tau_u_ms[1] * per_bin),
+        "tau_w": (tau_w_ms[0] * per_bin, tau_w_ms[1] * per_bin),
     }
 
 
@@ -356,7 +362,7 @@ def train(config: TrainConfig) -> ModelBundle:
             hidden=tuple(config.hidden),
             kind=config.kind,
             input_delays=tuple(config.input_delays),
-            **time_constants(config.bin_ms),
+            **time_constants(config.bin_ms, config.tau_u_ms, config.tau_w_ms),
         )
     ).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
