@@ -37,6 +37,22 @@ class Metrics:
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
             registry=self.registry,
         )
+        # Where streaming latency goes: the cochlea takes all waiting audio of all streams
+        # in one call, the network steps all streams with a bin ready in one call.
+        self.batch_seconds = Histogram(
+            "spikeear_batch_seconds",
+            "Duration of one batched cochlea call or network step",
+            ["stage"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+            registry=self.registry,
+        )
+        self.batch_streams = Histogram(
+            "spikeear_batch_streams",
+            "Streams served by one batched cochlea call or network step",
+            ["stage"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+            registry=self.registry,
+        )
         self.transcribe_seconds = Histogram(
             "spikeear_transcribe_seconds",
             "Batch transcription wall time",
@@ -52,6 +68,10 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+
+    def observe_batch(self, stage: str, seconds: float, streams: int) -> None:
+        self.batch_seconds.labels(stage).observe(seconds)
+        self.batch_streams.labels(stage).observe(streams)
 
     def exposition(self) -> bytes:
         """The text ``/metrics`` serves: this process's metrics, or in multiprocess

@@ -170,12 +170,19 @@ class Session:
 
 class StreamScheduler:
     def __init__(
-        self, recognizer: Recognizer, on_latency: Callable[[float], None] | None = None
+        self,
+        recognizer: Recognizer,
+        on_latency: Callable[[float], None] | None = None,
+        on_batch: Callable[[str, float, int], None] | None = None,
     ) -> None:
+        """``on_latency(seconds)``: each partial's delay since its audio arrived;
+        ``on_batch(stage, seconds, streams)``: each cochlea call and network step
+        (``stage`` "cochlea" or "network"), how long it took and for how many streams."""
         self.recognizer = recognizer
         self.sessions: set[Session] = set()
         self._wake = asyncio.Event()
         self._on_latency = on_latency
+        self._on_batch = on_batch
         self._tasks: list[asyncio.Task] = []
         self._audio_sessions: dict[Session, None] = {}  # in arrival order
         self._audio_waiting = asyncio.Event()
@@ -193,6 +200,10 @@ class StreamScheduler:
     def observe_latency(self, arrival: float) -> None:
         if self._on_latency:
             self._on_latency(time.perf_counter() - arrival)
+
+    def _observe_batch(self, stage: str, started: float, streams: int) -> None:
+        if self._on_batch:
+            self._on_batch(stage, time.perf_counter() - started, streams)
 
     def start(self) -> None:
         if not self._tasks:
@@ -227,6 +238,7 @@ class StreamScheduler:
             sessions = [s for s in self._audio_sessions if s.error is None]
             self._audio_sessions = {}
             chunks = [session.take_audio() for session in sessions]
+            started = time.perf_counter()
             try:
                 await asyncio.to_thread(self.recognizer.feed_audio_many, chunks)
             except Exception as error:  # a bug must not stall every other stream
@@ -234,6 +246,7 @@ class StreamScheduler:
                 for session in sessions:
                     session.fail(f"recognition failed: {error}")
                 continue
+            self._observe_batch("cochlea", started, len(sessions))
             for session in sessions:
                 session.cochlea_done()
 
@@ -248,6 +261,7 @@ class StreamScheduler:
                     break
                 if len(ready) > MAX_BATCH:  # the streams furthest behind go first
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
+                started = time.perf_counter()
                 try:
                     results = self.recognizer.step(
                         [s.stream for s in ready], MAX_STEP_BINS, CATCH_UP_BINS
@@ -257,6 +271,7 @@ class StreamScheduler:
                     for session in ready:
                         session.fail(f"recognition failed: {error}")
                     continue
+                self._observe_batch("network", started, len(ready))
                 self.batches += 1
                 self.batched_steps += len(ready)
                 for session, events in zip(ready, results, strict=True):

@@ -33,7 +33,11 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     settings = settings or Settings()
     bundle = bundle or load_model(settings.model_path)
     metrics = Metrics()
-    scheduler = StreamScheduler(Recognizer(bundle), on_latency=metrics.partial_latency.observe)
+    scheduler = StreamScheduler(
+        Recognizer(bundle),
+        on_latency=metrics.partial_latency.observe,
+        on_batch=metrics.observe_batch,
+    )
     services = Services(settings, bundle, scheduler, metrics)
 
     @contextlib.asynccontextmanager

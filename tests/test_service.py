@@ -268,6 +268,27 @@ def test_operations_endpoints(client):
     assert "/v1/transcribe" in client.get("/openapi.json").json()["paths"]
 
 
+def batch_counts(client) -> dict[tuple[str, str], float]:
+    """``(metric, stage) -> count`` of the scheduler's batch histograms in /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name in ("spikeear_batch_seconds_count", "spikeear_batch_streams_count"):
+                counts[sample.name, sample.labels["stage"]] = sample.value
+    return counts
+
+
+def test_metrics_show_the_batched_cochlea_calls_and_network_steps(client):
+    before = batch_counts(client)
+    stream(client, sentence("yes"))
+    after = batch_counts(client)
+    for metric in ("spikeear_batch_seconds_count", "spikeear_batch_streams_count"):
+        for stage in ("cochlea", "network"):
+            assert after[metric, stage] > before.get((metric, stage), 0)
+
+
 # ----- spike-event input ------------------------------------------------------------------
 def spike_records(audio: np.ndarray) -> bytes:
     from audio_frontend import Cochlea
