@@ -105,8 +105,8 @@ class Cochlea:
         # The kernel computes in float32: twice the SIMD lanes of float64, and on 10 s
         # of speech one spike in 168 thousand differs (the filters' poles are far
         # enough from the unit circle for 24-bit mantissas).
-        self._b = np.ascontiguousarray(sos[:, :, :3].transpose(1, 2, 0), np.float32)
-        self._a = np.ascontiguousarray(sos[:, :, 4:].transpose(1, 2, 0), np.float32)
+        self._b = np.ascontiguousarray(sos[:, :, :3].transpose(1, 2, 0), KERNEL_DTYPE)
+        self._a = np.ascontiguousarray(sos[:, :, 4:].transpose(1, 2, 0), KERNEL_DTYPE)
         # Each fibre sees the rectified band scaled so that a sine at its threshold
         # level drives it to exactly 1 (the firing threshold) on average.
         mean_rectified_sine = 1.0 / np.pi
