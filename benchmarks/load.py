@@ -35,7 +35,8 @@ Measured:
   shows up as such, not as server latency).
 
 ``--sweep 1,10,50,100`` repeats the run (fresh server each time unless ``--url``)
-and shows server CPU per stream falling as load rises.  Targets: 100 concurrent
+and shows server CPU per stream falling as load rises; ``--repeat K`` runs each count
+K times, since on a shared machine one run's p95 can be far from the next.  Targets: 100 concurrent
 real-time streams with partial p95 <= 200 ms and no audio dropped.
 
 Without a trained model at ``models/spikeear-default.pt`` pass ``--model PATH`` or
@@ -1035,6 +1036,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="audio per WebSocket message (default 20; real clients often send 100-250)",
     )
     p.add_argument("--sweep", help="comma-separated stream counts, e.g. 1,10,50,100")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each stream count this many times (a fresh server each): on a shared "
+        "machine one run's p95 can be far from the next",
+    )
     p.add_argument("--url", help="ws://127.0.0.1:PORT/v1/stream of a running server")
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid for CPU/RSS")
     p.add_argument(
@@ -1070,7 +1078,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.streams]
     if any(not 1 <= c <= 1000 for c in counts):
         p.error("stream counts must be between 1 and 1000")
-    args.counts = counts
+    if not 1 <= args.repeat <= 20:
+        p.error("--repeat must be between 1 and 20")
+    args.counts = [c for c in counts for _ in range(args.repeat)]
     return args
 
 
