@@ -99,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError("--distill must be in [0, 1)")
     if min(args.delays) < 0:
         raise CliError("--delays must be bins >= 0")
+    if not 0 <= args.channel_shift < 64:
+        raise CliError("--channel-shift must be between 0 and 63 channels")
     for name in ("tau_u_ms", "tau_w_ms"):
         low, high = getattr(args, name)
         if not 0 < low <= high:
@@ -117,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         max_shift_ms=args.shift_ms,
         max_time_mask_ms=args.time_mask_ms,
         max_channel_mask=args.channel_mask,
+        max_channel_shift=args.channel_shift,
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
@@ -454,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-ms", type=float, default=300.0, help="batch-time random shift (max)")
     p.add_argument("--time-mask-ms", type=float, default=200.0, help="time mask width (max)")
     p.add_argument("--channel-mask", type=int, default=8, help="channel mask width (max)")
+    p.add_argument(
+        "--channel-shift",
+        type=int,
+        default=0,
+        help="batch-time shift of the whole spectrum by up to this many channels (max)",
+    )
     p.add_argument(
         "--teacher",
         action="append",

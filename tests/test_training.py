@@ -95,6 +95,18 @@ def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("shift", [-2, 0, 3])
+def test_batch_shifts_fill_with_zeros(shift):
+    from training.train import _shift_zero_filled
+
+    row = np.arange(1, 41, dtype=np.float32).reshape(5, 8)
+    moved = row.copy()
+    _shift_zero_filled(moved, shift, axis=1)
+    for k in range(8):
+        source = k - shift
+        assert np.array_equal(moved[:, k], row[:, source] if 0 <= source < 8 else np.zeros(5))
+
+
 def _tiny_pack(path, bin_ms: float = 20.0) -> None:
     spec = FeatureSpec(CochleaConfig(), bin_ms, 0)
     rng = np.random.default_rng(0)
@@ -115,6 +127,7 @@ def _tiny_pack(path, bin_ms: float = 20.0) -> None:
         (["--teacher", "t.pt"], "--teacher needs --distill"),
         (["--delays", "0", "-2"], "delays"),
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
+        (["--channel-shift", "-1"], "--channel-shift"),
     ],
 )
 def test_training_bad_input(tmp_path, extra, message):

@@ -56,6 +56,7 @@ class TrainConfig:
     max_shift_ms: float = 300.0  # batch-time augmentation: random shift of the clip
     max_time_mask_ms: float = 200.0  # ... a silenced stretch of time
     max_channel_mask: int = 8  # ... and of neighbouring channels
+    max_channel_shift: int = 0  # ... and the whole spectrum moved by up to this many channels
     distill_weight: float = 0.0  # share of the clip loss given to the teacher's soft targets
     temperature: float = 2.0
     teacher_targets: str = "batch"  # or "cached": once per stored clip variant (cheap on a CPU)
@@ -107,8 +108,9 @@ def make_batch(
     features: FeatureSet, indices: np.ndarray, config: TrainConfig, rng: np.random.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Float inputs ``[batch, bins, channels]``, labels and the stored variant each
-    clip came from; with ``rng``, a random variant, time shift and time/channel masks
-    per clip."""
+    clip came from; with ``rng``, a random variant, time shift, time/channel masks and
+    channel shift per clip.  A channel shift moves formants as a longer or shorter vocal
+    tract does (about half an ERB per channel), one more way speakers differ."""
     variant = np.zeros(len(indices), int)
     if rng is None:
         x = features.rasters[indices, 0].astype(np.float32)
@@ -119,19 +121,29 @@ def make_batch(
         max_shift = round(config.max_shift_ms / config.bin_ms)
         max_time_mask = round(config.max_time_mask_ms / config.bin_ms)
         for row in x:
-            shift = rng.integers(-max_shift, max_shift + 1)
-            row[:] = np.roll(row, shift, axis=0)
-            if shift > 0:
-                row[:shift] = 0
-            elif shift < 0:
-                row[shift:] = 0
+            _shift_zero_filled(row, rng.integers(-max_shift, max_shift + 1), axis=0)
             width = rng.integers(0, max_time_mask + 1)
             start = rng.integers(0, n_bins - width + 1)
             row[start : start + width] = 0
             width = rng.integers(0, config.max_channel_mask + 1)
             start = rng.integers(0, n_channels - width + 1)
             row[:, start : start + width] = 0
+            if config.max_channel_shift:
+                _shift_zero_filled(
+                    row,
+                    rng.integers(-config.max_channel_shift, config.max_channel_shift + 1),
+                    axis=1,
+                )
     return torch.from_numpy(x), torch.from_numpy(features.labels[indices]), variant
+
+
+def _shift_zero_filled(row: np.ndarray, shift: int, axis: int) -> None:
+    """Move ``row`` by ``shift`` along ``axis`` in place; what moves in is zero."""
+    row[:] = np.roll(row, shift, axis=axis)
+    vacated = [slice(None)] * row.ndim
+    vacated[axis] = slice(None, shift) if shift > 0 else slice(shift, None)
+    if shift:
+        row[tuple(vacated)] = 0
 
 
 def load_datasets(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, FeatureSet, FeatureSet]:
