@@ -1,8 +1,9 @@
 """Endpointing: word boundaries from cochlear spike activity vs off-the-shelf VADs.
 
-spikeear finds words where the input spike count of its software cochlea rises
+spikeear finds words where the speech activity of its software cochlea's spikes
+(``speech_activity``: per bin, the spikes above the bin's median over channels) rises
 above the stream's running background floor (``models/decoding.py``).  This
-benchmark runs exactly that logic (``Decoder.step`` on the input spike count per
+benchmark runs exactly that logic (``Decoder.step`` on the speech activity per
 network bin of ``Cochlea``, the class probabilities held uniform, so only the
 activity decides boundaries; no trained model needed; the bin is the model's with
 ``--model``, else ``--bin-ms``, else the training default) and compares it on the
@@ -137,7 +138,7 @@ def segments_from_active(active: np.ndarray, frame_s: float) -> list[Segment]:
 
 
 class SpikeActivity:
-    """spikeear: ``Decoder.step`` on the cochlea's input spike count per bin."""
+    """spikeear: ``Decoder.step`` on the speech activity of the cochlea's spikes per bin."""
 
     def __init__(self, bin_s: float, frontend=None) -> None:
         from audio_frontend.cochlea import Cochlea, CochleaConfig
@@ -152,11 +153,13 @@ class SpikeActivity:
         self.uniform = np.full(len(DEFAULT_VOCABULARY), 1 / len(DEFAULT_VOCABULARY))
 
     def activity(self, audio: np.ndarray) -> np.ndarray:
+        from models.decoding import speech_activity
+
         counts = self.cochlea.counts(audio.astype(np.float32), self.cochlea.new_state(RATE))
         n = -(-len(counts) // self.bin)
         padded = np.zeros((n * self.bin, counts.shape[1]), np.float32)
         padded[: len(counts)] = counts
-        return padded.reshape(n, self.bin, -1).sum(axis=(1, 2))
+        return speech_activity(padded.reshape(n, self.bin, -1).sum(axis=1))
 
     def __call__(self, audio: np.ndarray) -> list[Segment]:
         state = self.decoder.new_state()

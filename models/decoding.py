@@ -105,7 +105,8 @@ class Decoder:
     def step(
         self, state: DecoderState, probabilities: np.ndarray, activity: float
     ) -> list[WordEvent]:
-        """Advance one bin: ``probabilities`` of the classes, ``activity`` = input spikes."""
+        """Advance one bin: ``probabilities`` of the classes, ``activity`` the bin's
+        :func:`speech_activity`."""
         return self.advance(state, probabilities, activity)[0]
 
     def advance(
@@ -257,6 +258,19 @@ class Decoder:
                 alternatives,
             )
         ]
+
+
+def speech_activity(counts: np.ndarray) -> np.ndarray:
+    """What the decoder reads as a bin's activity, from its input spike counts
+    ``[..., channels]``: the spikes above the bin's median over channels.
+
+    Speech puts its spikes in a few formant bands; broadband noise spreads them
+    evenly, and as the cochlea adapts to level their totals are alike.  The excess
+    over the median (which the few formant bands do not move, as they would a mean)
+    tells them apart where the total does not (``benchmarks/endpointing.py``), and
+    digital silence still gives zero.
+    """
+    return np.maximum(counts - np.median(counts, axis=-1, keepdims=True), 0.0).sum(axis=-1)
 
 
 def _close(state: DecoderState) -> None:

@@ -20,7 +20,7 @@ import torch
 from audio_frontend.audio_io import check_sample_rate
 from audio_frontend.cochlea import Cochlea, CochleaState
 from audio_frontend.events import SpikeBinner, SpikeEvents
-from models.decoding import Decoder, DecoderConfig, DecoderState, WordEvent
+from models.decoding import Decoder, DecoderConfig, DecoderState, WordEvent, speech_activity
 from models.model_file import ModelBundle
 from models.network import NetworkState, StatePool
 from models.vocabulary import SILENCE, UNKNOWN
@@ -208,7 +208,7 @@ class Recognizer:
         n = min(max_bins, len(stream.ready))
         if n <= 1:
             return n
-        activity = np.stack(stream.ready[:n]).sum(axis=1).tolist()
+        activity = speech_activity(np.stack(stream.ready[:n])).tolist()
         rests, _ = self._look_ahead(stream, activity, first_only=True)
         return rests[0] + 1 if rests else n
 
@@ -232,7 +232,7 @@ class Recognizer:
             .sum(axis=1)
             .tolist()
         )
-        spikes = input_spikes.tolist()
+        speech = speech_activity(bins).tolist()  # what the decoder reads, [streams][n]
         decoder = self.decoder
         results = []
         for i, stream in enumerate(streams):
@@ -242,7 +242,7 @@ class Recognizer:
                 # Decoding a bin also tells where the word ends: the network rests after
                 # the bin that closes a word (``_window`` ends the call there).
                 bin_events, boundary = decoder.advance(
-                    stream.decoder, probabilities[i, t], spikes[i][t]
+                    stream.decoder, probabilities[i, t], speech[i][t]
                 )
                 events += bin_events
                 stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
@@ -275,12 +275,12 @@ class Recognizer:
             return []
         bins = np.stack(stream.ready)
         stream.ready.clear()
-        activity = bins.sum(axis=1)
+        activity = speech_activity(bins)
         rests = self._rests(stream, activity)
         probabilities, layer_spikes = self._segments(stream, bins, rests)
         events = self._decode(stream, activity, probabilities, bins.sum(axis=0))
         stream.hidden_spikes += int(layer_spikes.sum())
-        stream.synaptic_ops += int(activity.sum() * self._fan_out[0])
+        stream.synaptic_ops += int(bins.sum() * self._fan_out[0])
         stream.synaptic_ops += int((layer_spikes @ self._fan_out[1:]).sum())
         return events
 
@@ -369,8 +369,9 @@ class Recognizer:
         probabilities: np.ndarray,
         input_counts: np.ndarray,
     ) -> list[WordEvent]:
-        """Decoding of consecutive bins after the network: ``activity`` is their input
-        spikes per bin, ``input_counts`` per channel, summed over the bins."""
+        """Decoding of consecutive bins after the network: ``activity`` is their
+        speech activity per bin, ``input_counts`` the spikes per channel, summed over
+        the bins."""
         events: list[WordEvent] = []
         for t, spikes in enumerate(activity.tolist()):
             events += self.decoder.step(stream.decoder, probabilities[t], spikes)

@@ -177,3 +177,14 @@ def test_stepping_several_bins_per_call_gives_the_words_of_the_whole_file(recogn
             finals = [(e.word, e.start, e.end) for e in events if e.kind == "final"]
             assert finals == want, (chunk, max_bins)
             recognizer.close_stream(stream)
+
+
+def test_speech_activity_counts_the_spikes_above_the_spectral_median():
+    from models.decoding import speech_activity
+
+    flat = np.full(64, 20.0)  # broadband noise: as many spikes, no peaks
+    formants = np.full(64, 2.0)
+    formants[[10, 11, 30]] = [60.0, 40.0, 30.0]
+    bins = np.stack([flat, formants, np.zeros(64)])
+    assert speech_activity(bins).tolist() == [0.0, 58.0 + 38.0 + 28.0, 0.0]
+    assert speech_activity(bins[None]).shape == (1, 3)  # any leading shape
