@@ -1,8 +1,9 @@
 """From per-bin class probabilities and input spike activity to words with times.
 
 Word boundaries come from the spike activity of the cochlea itself: it is quiet
-in silence, so a word is where the input spike count rises clearly above the
-stream's background level (a running floor that falls fast and rises slowly).
+in silence, so a word is where the input's speech activity (:func:`speech_activity`:
+the spikes above the bin's median over channels) rises clearly above the stream's
+background level (a running floor that falls fast and rises slowly).
 Within a word the decoder sums the classifier's probabilities; the leading
 hypothesis is streamed as a partial whenever it changes, and the word is
 finalised when activity has stayed low for ``hangover_bins``.
@@ -22,7 +23,7 @@ from models.vocabulary import SILENCE, UNKNOWN
 class DecoderConfig:
     """Endpointing and decision settings, in seconds and spikes per second."""
 
-    min_activity_rate: float = 6000.0  # input spikes/s that can count as speech
+    min_activity_rate: float = 6000.0  # speech activity (spikes/s) that can count as speech
     floor_ratio: float = 1.6  # ... and must exceed the background floor this many times
     soft_onset_s: float = 0.1  # a loud start that rises this soon was the word's own beginning
     floor_rise_per_s: float = 0.5  # the floor rises slowly; it falls at once to quieter levels
