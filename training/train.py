@@ -139,11 +139,12 @@ def make_batch(
 
 def _shift_zero_filled(row: np.ndarray, shift: int, axis: int) -> None:
     """Move ``row`` by ``shift`` along ``axis`` in place; what moves in is zero."""
+    if not shift:
+        return
     row[:] = np.roll(row, shift, axis=axis)
     vacated = [slice(None)] * row.ndim
     vacated[axis] = slice(None, shift) if shift > 0 else slice(shift, None)
-    if shift:
-        row[tuple(vacated)] = 0
+    row[tuple(vacated)] = 0
 
 
 def load_datasets(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, FeatureSet, FeatureSet]:
