@@ -286,6 +286,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     for source, figures in native["per_source_in_vocabulary"].items():
         print(f"  {source}: {figures['accuracy']:.3f} on {figures['clips']} words")
+    speakers = native["speakers_in_vocabulary"]
+    if speakers:
+        print(
+            f"  per speaker ({speakers['speakers']}): mean {speakers['mean']:.3f}, median "
+            f"{speakers['median']:.3f}, lowest {speakers['lowest']:.3f} "
+            f"({speakers['lowest_speaker']}, {speakers['lowest_speaker_words']} words)"
+        )
     if "band_limited_8k" in results:
         print(
             f"16 kHz clips band-limited to 8 kHz: in-vocabulary "

@@ -88,6 +88,14 @@ def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):
     per_class = native["per_class"]
     right = sum(round(c["accuracy"] * c["clips"]) for c in per_class.values())
     assert native["accuracy"] == pytest.approx(right / native["clips"])
+    # Two speakers in the fixtures; every in-vocabulary word belongs to exactly one.
+    speakers = native["per_speaker_in_vocabulary"]
+    words = sum(c["clips"] for name, c in per_class.items() if not name.startswith("_"))
+    assert len(speakers) == 2 and sum(s["clips"] for s in speakers.values()) == words
+    summary = native["speakers_in_vocabulary"]
+    lowest = min(s["accuracy"] for s in speakers.values())
+    assert summary["speakers"] == 2 and summary["lowest"] == lowest
+    assert summary["mean"] == pytest.approx(np.mean([s["accuracy"] for s in speakers.values()]))
     assert native["per_clip"]["input_spikes"] > 0
     assert native["per_clip"]["synaptic_ops"] > native["per_clip"]["input_spikes"]
     assert 0 < native["early_decision"]["median_fraction_of_word"] <= 1

@@ -63,6 +63,34 @@ def decision_points(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray
     return np.where(last_wrong == n_bins - 1, -1, last_wrong + 1)
 
 
+def _accuracy_by(correct: np.ndarray, words: np.ndarray, groups: list[str]) -> dict:
+    """In-vocabulary accuracy and word count per group (source or speaker)."""
+    keys = np.array(groups)
+    figures = {}
+    for group in sorted(set(groups)):
+        mask = (keys == group) & words
+        if mask.any():
+            figures[group] = {"accuracy": float(correct[mask].mean()), "clips": int(mask.sum())}
+    return figures
+
+
+def speaker_summary(per_speaker: dict) -> dict | None:
+    """How accuracy spreads over the held-out people: one voice can be far from the mean
+    (and one FSDD speaker holds half of the held-out words)."""
+    if not per_speaker:
+        return None
+    accuracies = np.array([f["accuracy"] for f in per_speaker.values()])
+    lowest = min(per_speaker, key=lambda s: per_speaker[s]["accuracy"])
+    return {
+        "speakers": len(per_speaker),
+        "mean": float(accuracies.mean()),
+        "median": float(np.median(accuracies)),
+        "lowest": per_speaker[lowest]["accuracy"],
+        "lowest_speaker": lowest,
+        "lowest_speaker_words": per_speaker[lowest]["clips"],
+    }
+
+
 @dataclass
 class Evaluation:
     report: dict
@@ -87,12 +115,8 @@ def evaluate_rasters(
         for i, name in enumerate(vocabulary)
         if (labels == i).any()
     }
-    sources = sorted({c.source for c in clips})
-    per_source = {}
-    for source in sources:
-        mask = np.array([c.source == source for c in clips]) & words
-        if mask.any():
-            per_source[source] = {"accuracy": float(correct[mask].mean()), "clips": int(mask.sum())}
+    per_source = _accuracy_by(correct, words, [c.source for c in clips])
+    per_speaker = _accuracy_by(correct, words, [c.speaker for c in clips])
 
     # Early decisions, relative to each word's span in the input spikes.
     activity = rasters.sum(axis=2).astype(np.float64)
@@ -124,6 +148,8 @@ def evaluate_rasters(
         "unknown_accuracy": per_class.get(UNKNOWN, {}).get("accuracy"),
         "silence_accuracy": per_class.get(SILENCE, {}).get("accuracy"),
         "per_source_in_vocabulary": per_source,
+        "speakers_in_vocabulary": speaker_summary(per_speaker),
+        "per_speaker_in_vocabulary": per_speaker,
         "per_class": per_class,
         "early_decision": {
             "median_fraction_of_word": float(np.median(fraction_words))
@@ -348,6 +374,14 @@ def card_markdown(bundle: ModelBundle) -> str:
             lines.append(
                 f"| in-vocabulary, {source} | "
                 f"{figures['accuracy']:.3f} ({figures['clips']} clips) |"
+            )
+        speakers = native.get("speakers_in_vocabulary")
+        if speakers:
+            lines.append(
+                f"| in-vocabulary, per held-out speaker ({speakers['speakers']}) | "
+                f"mean {speakers['mean']:.3f}, median {speakers['median']:.3f}, lowest "
+                f"{speakers['lowest']:.3f} ({speakers['lowest_speaker']}, "
+                f"{speakers['lowest_speaker_words']} words) |"
             )
         if "band_limited_8k" in evaluation:
             lines.append(
