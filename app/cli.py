@@ -160,6 +160,9 @@ def cmd_features(args: argparse.Namespace) -> None:
     )
 
 
+SERVE_HINT = "(demo page at /, API docs at /docs)"
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
     import shutil
@@ -177,34 +180,41 @@ def cmd_serve(args: argparse.Namespace) -> None:
         torch_threads=torch.get_num_threads(),
     )
     app = create_app(settings)  # also checks the model before any worker starts
+    options = {
+        "ws_max_size": settings.max_message_bytes,
+        # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
+        "ws_per_message_deflate": False,
+        "log_level": args.log_level,
+    }
+    if args.workers == 1:
+        print(f"spikeear: serving on {_server_url(args.host, args.port)} {SERVE_HINT}")
+        uvicorn.run(app, host=args.host, port=args.port, **options)
+        return
+    from app.workers import listening_sockets, serve_workers
+
+    # Streams are spread over processes by the kernel; each has its own scheduler.
+    settings.to_environment()
+    sockets = listening_sockets(args.host, args.port, args.workers)
+    port = sockets[0].getsockname()[1]
     print(
-        f"spikeear: serving on http://{args.host}:{args.port} (demo page at /, API docs at /docs)"
+        f"spikeear: serving on {_server_url(args.host, port)} {SERVE_HINT}, {args.workers} workers"
     )
     metrics_dir = None
-    if args.workers > 1:
-        # Streams are spread over processes by the kernel; each has its own scheduler.
-        settings.to_environment()
-        app = "app.server:app_from_environment"
-        if not os.environ.get(MULTIPROCESS_DIR):
-            # Every worker writes its metrics here and /metrics sums them (set before
-            # the workers start: prometheus-client reads it when it is imported).
-            metrics_dir = tempfile.mkdtemp(prefix="spikeear-metrics-")
-            os.environ[MULTIPROCESS_DIR] = metrics_dir
+    if not os.environ.get(MULTIPROCESS_DIR):
+        # Every worker writes its metrics here and /metrics sums them (set before
+        # the workers start: prometheus-client reads it when it is imported).
+        metrics_dir = tempfile.mkdtemp(prefix="spikeear-metrics-")
+        os.environ[MULTIPROCESS_DIR] = metrics_dir
     try:
-        uvicorn.run(
-            app,
-            factory=args.workers > 1,
-            workers=args.workers,
-            host=args.host,
-            port=args.port,
-            ws_max_size=settings.max_message_bytes,
-            # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
-            ws_per_message_deflate=False,
-            log_level=args.log_level,
-        )
+        if not serve_workers(sockets, options):
+            raise CliError("a worker could not start (see the log above)")
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _server_url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
