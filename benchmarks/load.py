@@ -404,7 +404,7 @@ class ServerProcess:
         log_path: Path,
         startup_timeout: float = 90.0,
         threads: int | None = None,
-        workers: int = 1,
+        workers: str = "auto",
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -431,8 +431,8 @@ class ServerProcess:
                 raise SystemExit(f"server exited at startup; see {log_path}:\n{self.log_tail()}")
             try:
                 http_get(f"{self.base}/health", timeout=2.0)
-                if workers > 1:  # the first worker answers; give the others time to start
-                    time.sleep(2.0 + workers)
+                if workers != "1":  # the first worker answers; give the others time to start
+                    time.sleep(4.0)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -1052,9 +1052,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="spikeear serve --workers for the started server (its /metrics sums them)",
+        default="auto",
+        help="spikeear serve --workers for the started server (its /metrics sums them; "
+        "default: the server's own, one per core)",
     )
     p.add_argument("--model", help="model file to serve (default: models/spikeear-default.pt)")
     p.add_argument("--random-model", action="store_true", help="serve an untrained network")

@@ -1,8 +1,10 @@
 """``spikeear serve --workers 2``: one port, a burst of clients spread over both workers."""
 
+import argparse
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,8 @@ from contextlib import ExitStack
 import psutil
 import pytest
 from websockets.sync.client import connect
+
+from app.cli import MAX_AUTO_WORKERS, _worker_count
 
 CLIENTS = 40
 STARTUP_S = 180.0
@@ -75,3 +79,27 @@ def test_two_workers_share_a_burst_of_connections_and_stop_cleanly():
         output = process.stdout.read()
     assert code == 0, output
     assert not any(worker.is_running() for worker in workers)
+
+
+def test_worker_count_is_a_positive_count_or_auto():
+    assert _worker_count("3") == 3
+    assert 1 <= _worker_count("auto") <= MAX_AUTO_WORKERS
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _worker_count(bad)
+
+
+def test_a_taken_port_is_a_one_line_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert result.stderr.startswith("spikeear serve: error:") and "in use" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
