@@ -219,7 +219,9 @@ def _worker_count(value: str) -> int:
     loop and GIL carry about a core of streams: 100 streams of 20 ms messages needed
     two processes on two cores, see the README's throughput section)."""
     if value == "auto":
-        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
+        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        cores = len(usable) if usable else os.cpu_count() or 1
+        return max(1, min(cores, MAX_AUTO_WORKERS))
     try:
         count = int(value)
     except ValueError:
