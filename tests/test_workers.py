@@ -22,10 +22,14 @@ STARTUP_S = 180.0
 
 
 def _serving_port(process: subprocess.Popen) -> int:
-    line = process.stdout.readline()
-    match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-    assert match, f"unexpected first line: {line!r}"
-    return int(match.group(1))
+    """The port the server announces (it binds port 0 to a free one)."""
+    seen = []
+    for line in process.stdout:
+        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return int(match.group(1))
+        seen.append(line)
+    pytest.fail(f"the server exited without announcing its port: {''.join(seen)}")
 
 
 def _wait_healthy(port: int, process: subprocess.Popen) -> None:
