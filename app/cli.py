@@ -283,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
     from models.model_file import load_model
-    from training.evaluate import card_markdown, evaluate
+    from training.evaluate import card_markdown, describe_speakers, evaluate
 
     bundle = load_model(args.model)
     results = evaluate(bundle, args.data, Path(args.out_dir), args.split, args.cache_dir)
@@ -316,11 +316,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"  {source}: {figures['accuracy']:.3f} on {figures['clips']} words")
     speakers = native["speakers_in_vocabulary"]
     if speakers:
-        print(
-            f"  per speaker ({speakers['speakers']}): mean {speakers['mean']:.3f}, median "
-            f"{speakers['median']:.3f}, lowest {speakers['lowest']:.3f} "
-            f"({speakers['lowest_speaker']}, {speakers['lowest_speaker_words']} words)"
-        )
+        print(f"  per speaker ({speakers['speakers']}): {describe_speakers(speakers)}")
     if "band_limited_8k" in results:
         print(
             f"16 kHz clips band-limited to 8 kHz: in-vocabulary "

@@ -91,6 +91,15 @@ def speaker_summary(per_speaker: dict) -> dict | None:
     }
 
 
+def describe_speakers(summary: dict) -> str:
+    """:func:`speaker_summary` in words, as the CLI and the model card show it."""
+    return (
+        f"mean {summary['mean']:.3f}, median {summary['median']:.3f}, lowest "
+        f"{summary['lowest']:.3f} ({summary['lowest_speaker']}, "
+        f"{summary['lowest_speaker_words']} words)"
+    )
+
+
 @dataclass
 class Evaluation:
     report: dict
@@ -379,9 +388,7 @@ def card_markdown(bundle: ModelBundle) -> str:
         if speakers:
             lines.append(
                 f"| in-vocabulary, per held-out speaker ({speakers['speakers']}) | "
-                f"mean {speakers['mean']:.3f}, median {speakers['median']:.3f}, lowest "
-                f"{speakers['lowest']:.3f} ({speakers['lowest_speaker']}, "
-                f"{speakers['lowest_speaker_words']} words) |"
+                f"{describe_speakers(speakers)} |"
             )
         if "band_limited_8k" in evaluation:
             lines.append(
