@@ -100,6 +100,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError("--distill must be in [0, 1)")
     if min(args.delays) < 0:
         raise CliError("--delays must be bins >= 0")
+    if not 0 <= args.dropout < 1:
+        raise CliError("--dropout must be in [0, 1)")
     if not 0 <= args.channel_shift < 64:
         raise CliError("--channel-shift must be between 0 and 63 channels")
     for name in ("tau_u_ms", "tau_w_ms"):
@@ -108,6 +110,18 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} needs 0 < MIN <= MAX")
     if args.teacher and not args.distill:
         raise CliError("--teacher needs --distill WEIGHT")
+    if args.input_conv:
+        from models.network import NetworkConfig
+
+        try:  # before hours of feature loading, not after
+            NetworkConfig(
+                n_inputs=args.channels,
+                hidden=tuple(args.hidden),
+                kind=args.kind,
+                input_conv=tuple(args.input_conv),
+            )
+        except ValueError as error:
+            raise CliError(f"--input-conv: {error}") from error
     config = _train_config(
         args,
         epochs=args.epochs,
@@ -115,6 +129,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         kind=args.kind,
         hidden=tuple(args.hidden),
         input_delays=tuple(args.delays),
+        input_conv=tuple(args.input_conv) if args.input_conv else None,
+        dropout=args.dropout,
         tau_u_ms=tuple(args.tau_u_ms),
         tau_w_ms=tuple(args.tau_w_ms),
         max_shift_ms=args.shift_ms,
@@ -456,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="layer sizes")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--input-conv",
+        type=int,
+        nargs=3,
+        metavar=("FILTERS", "TAPS", "STRIDE"),
+        help="first-layer input weights shared across frequency (e.g. 16 9 4 for 256 neurons)",
+    )
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout on hidden activity")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--early-weight", type=float, default=0.0, help="early-decision loss weight")
     p.add_argument("--rate-weight", type=float, default=0.5, help="firing-rate bound weight")

@@ -53,6 +53,9 @@ class NetworkConfig:
     # through its own weights (a delay line), so that layer sees a short window of
     # the past as a convolution would.  (0,) is no delay line.
     input_delays: tuple[int, ...] = (0,)
+    # Input weights of the first layer shared across frequency, as (filters, taps,
+    # stride): see FrequencyConv.  None is a dense first layer.
+    input_conv: tuple[int, int, int] | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +63,20 @@ class NetworkConfig:
             raise ValueError(f"unknown network kind {self.kind!r} (choose from {', '.join(KINDS)})")
         if not self.input_delays or min(self.input_delays) < 0:
             raise ValueError(f"input delays must be bins >= 0, not {self.input_delays}")
+        if self.input_conv is not None:
+            filters, _, stride = self.input_conv
+            if min(self.input_conv) < 1:
+                raise ValueError(
+                    f"input_conv needs filters, taps, stride >= 1, not {self.input_conv}"
+                )
+            if self.kind == "binary":
+                raise ValueError("input_conv is for the spiking and analog kinds")
+            neurons = filters * math.ceil(self.n_inputs / stride)
+            if self.hidden[0] != neurons:
+                raise ValueError(
+                    f"input_conv {self.input_conv} on {self.n_inputs} inputs makes {neurons} "
+                    f"first-layer neurons, but hidden[0] is {self.hidden[0]}"
+                )
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -69,8 +86,8 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, values: dict) -> NetworkConfig:
         values = dict(values)
-        for key in ("hidden", "tau_u", "tau_w", "input_delays"):
-            if key in values:
+        for key in ("hidden", "tau_u", "tau_w", "input_delays", "input_conv"):
+            if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
 
@@ -158,12 +175,50 @@ def effective_weight(weight: torch.Tensor, kind: str) -> torch.Tensor:
     return BinarizeSTE.apply(weight) * scale
 
 
+class FrequencyConv(nn.Module):
+    """Input weights shared across frequency, as a convolution's: ``filters`` kernels,
+    each spanning ``taps`` neighbouring channels at every input delay, placed every
+    ``stride`` channels (zero padding at the edges).  On the cochlea's ERB-spaced
+    channels a voice that is higher or lower moves its formants along the channel
+    axis, so one kernel learns a pattern wherever it occurs, from few speakers.
+
+    ``weight`` is the equivalent dense matrix ``[positions * filters, delays * inputs]``
+    (position-major rows, delay-major columns, as the delay line lays them out), so
+    step mode, NIR export and operation counts treat it as any other input weight.
+    """
+
+    def __init__(self, n_inputs: int, n_delays: int, filters: int, taps: int, stride: int):
+        super().__init__()
+        positions = math.ceil(n_inputs / stride)
+        self.in_features, self.out_features = n_inputs * n_delays, positions * filters
+        bound = 1.0 / math.sqrt(n_delays * taps)
+        self.kernel = nn.Parameter(torch.empty(filters, n_delays, taps).uniform_(-bound, bound))
+        unused = self.kernel.numel()  # index of the zero appended to the flat kernel
+        index = torch.full((positions, filters, n_delays, n_inputs), unused, dtype=torch.long)
+        kernel_index = torch.arange(unused).reshape(filters, n_delays, taps)
+        for position in range(positions):
+            first = position * stride - (taps - stride) // 2
+            for tap in range(taps):
+                channel = first + tap
+                if 0 <= channel < n_inputs:
+                    index[position, :, :, channel] = kernel_index[:, :, tap]
+        self.register_buffer("index", index.reshape(self.out_features, self.in_features))
+        self.synapses = int((index != unused).sum())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        flat = torch.cat([self.kernel.flatten(), self.kernel.new_zeros(1)])
+        return flat[self.index]
+
+
 class RecurrentLayer(nn.Module):
-    def __init__(self, n_in: int, n_out: int, config: NetworkConfig) -> None:
+    def __init__(
+        self, n_in: int, n_out: int, config: NetworkConfig, input: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.kind = config.kind
         self.tau_u, self.tau_w = config.tau_u, config.tau_w
-        self.input = nn.Linear(n_in, n_out, bias=False)
+        self.input = input if input is not None else nn.Linear(n_in, n_out, bias=False)
         self.norm = nn.BatchNorm1d(n_out, momentum=0.05)
         self.recurrent = nn.Linear(n_out, n_out, bias=False) if config.recurrent else None
         if self.recurrent is not None:
@@ -267,8 +322,12 @@ class Classifier(nn.Module):
         self.config = config
         self.longest_delay = max(config.input_delays)
         sizes = (config.n_inputs * len(config.input_delays), *config.hidden)
+        inputs: list[nn.Module | None] = [None] * len(config.hidden)
+        if config.input_conv is not None:
+            inputs[0] = FrequencyConv(config.n_inputs, len(config.input_delays), *config.input_conv)
         self.layers = nn.ModuleList(
-            RecurrentLayer(n_in, n_out, config) for n_in, n_out in itertools.pairwise(sizes)
+            RecurrentLayer(n_in, n_out, config, input)
+            for (n_in, n_out), input in zip(itertools.pairwise(sizes), inputs, strict=True)
         )
         self.readout = nn.Linear(sizes[-1], config.n_classes)
         self.register_buffer("readout_alpha", torch.tensor(math.exp(-1.0 / config.readout_tau)))
@@ -332,6 +391,11 @@ class Classifier(nn.Module):
         """Step mode: one bin ``[batch, inputs]`` for a batch of streams."""
         evidence, new_state, activity = self.forward(x[:, None, :], state)
         return evidence[:, 0], new_state, [a[:, 0] for a in activity]
+
+    def input_synapses(self) -> int:
+        """Connections from the inputs (at every delay) into the first layer."""
+        first = self.layers[0].input
+        return first.synapses if isinstance(first, FrequencyConv) else first.weight.numel()
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

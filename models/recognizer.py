@@ -446,19 +446,21 @@ class Recognizer:
 
     # ----- accounting -----------------------------------------------------------------------
     def _synaptic_fan_out(self) -> np.ndarray:
-        """Targets reached by one spike of: the input (once per delay), then each hidden layer."""
+        """Targets reached by one spike of: the input (at every delay; averaged over
+        channels, which a frequency-shared first layer reaches unevenly at its edges),
+        then each hidden layer."""
         config = self.network.config
         sizes = [*config.hidden, config.n_classes]
         recurrent = list(config.hidden) if config.recurrent else [0] * len(config.hidden)
         return np.array(
-            [sizes[0] * len(config.input_delays)]
+            [self.network.input_synapses() / config.n_inputs]
             + [sizes[i + 1] + recurrent[i] for i in range(len(config.hidden))]
         )
 
     def _dense_macs(self) -> int:
         config = self.network.config
-        sizes = [config.n_inputs * len(config.input_delays), *config.hidden, config.n_classes]
-        macs = sum(a * b for a, b in itertools.pairwise(sizes))
+        macs = self.network.input_synapses()
+        macs += sum(a * b for a, b in itertools.pairwise([*config.hidden, config.n_classes]))
         if config.recurrent:
             macs += sum(h * h for h in config.hidden)
         return macs

@@ -6,16 +6,23 @@ import torch
 
 from audio_frontend.cochlea import CochleaConfig
 from models.model_file import FORMAT_VERSION, ModelBundle, ModelFileError, load_model
-from models.network import Classifier, NetworkConfig, NetworkState, StatePool
+from models.network import Classifier, FrequencyConv, NetworkConfig, NetworkState, StatePool
 from models.vocabulary import DEFAULT_VOCABULARY
+
+CONV = (3, 5, 4)  # filters, taps, stride: 3 * 16 first-layer neurons on 64 channels
 
 
 def trained_like(
-    kind: str = "spiking", seed: int = 0, input_delays: tuple[int, ...] = (0,)
+    kind: str = "spiking",
+    seed: int = 0,
+    input_delays: tuple[int, ...] = (0,),
+    input_conv: tuple[int, int, int] | None = None,
 ) -> Classifier:
     """A random network whose batch norms have seen data, so its layers spike."""
     torch.manual_seed(seed)
-    network = Classifier(NetworkConfig(hidden=(48, 32), kind=kind, input_delays=input_delays))
+    network = Classifier(
+        NetworkConfig(hidden=(48, 32), kind=kind, input_delays=input_delays, input_conv=input_conv)
+    )
     network.train()
     with torch.no_grad():
         for _ in range(3):
@@ -29,11 +36,18 @@ def inputs(batch: int = 3, time: int = 40) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("kind", "input_delays"),
-    [("spiking", (0,)), ("analog", (0,)), ("binary", (0,)), ("spiking", (0, 2, 5))],
+    ("kind", "input_delays", "input_conv"),
+    [
+        ("spiking", (0,), None),
+        ("analog", (0,), None),
+        ("binary", (0,), None),
+        ("spiking", (0, 2, 5), None),
+        ("spiking", (0, 1, 2), CONV),
+        ("analog", (0,), CONV),
+    ],
 )
-def test_step_mode_equals_sequence_mode(kind, input_delays):
-    network = trained_like(kind, input_delays=input_delays)
+def test_step_mode_equals_sequence_mode(kind, input_delays, input_conv):
+    network = trained_like(kind, input_delays=input_delays, input_conv=input_conv)
     x = inputs()
     with torch.no_grad():
         sequence, final_state, activity = network(x)
@@ -85,13 +99,39 @@ def test_streams_stepped_together_equal_streams_stepped_alone(input_delays):
     assert torch.allclose(torch.cat(alone), out, atol=1e-5)
 
 
+def test_frequency_conv_shares_one_kernel_across_channels():
+    conv = FrequencyConv(n_inputs=16, n_delays=2, filters=3, taps=5, stride=2)
+    assert conv.weight.shape == (8 * 3, 2 * 16)
+    x = torch.zeros(2 * 16)
+    x[6] = x[16 + 7] = 1.0  # a small pattern over two delays
+    moved = torch.roll(x.reshape(2, 16), 2, dims=1).flatten()  # one stride higher
+    currents = (conv.weight @ x).reshape(8, 3)
+    assert currents.abs().sum() > 0
+    # Away from the edges, moving the input by a stride moves the output by a position.
+    assert torch.equal((conv.weight @ moved).reshape(8, 3)[1:], currents[:-1])
+    # Each row holds each kernel entry once (or drops it at the edges), nothing else.
+    assert conv.synapses == int((conv.weight != 0).sum())
+    assert conv.synapses <= 8 * 3 * 2 * 5
+    # Learning moves the kernel, not 768 independent weights.
+    (conv.weight @ x).sum().backward()
+    assert conv.kernel.grad is not None and conv.kernel.grad.shape == (3, 2, 5)
+
+
+def test_frequency_conv_needs_a_matching_first_layer():
+    with pytest.raises(ValueError, match="48 first-layer neurons"):
+        NetworkConfig(hidden=(64, 32), input_conv=CONV)
+    with pytest.raises(ValueError, match="spiking and analog"):
+        NetworkConfig(hidden=(48, 32), input_conv=CONV, kind="binary")
+
+
 def test_model_file_round_trip(tmp_path):
-    network = trained_like(input_delays=(0, 4))
+    network = trained_like(input_delays=(0, 4), input_conv=CONV)
     bundle = ModelBundle(network, CochleaConfig(), DEFAULT_VOCABULARY, 10.0, {"name": "t"})
     bundle.save(tmp_path / "m.pt")
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.vocabulary == DEFAULT_VOCABULARY and loaded.card["name"] == "t"
     assert loaded.network.config.input_delays == (0, 4)
+    assert loaded.network.config.input_conv == CONV
     x = inputs()
     with torch.no_grad():
         assert torch.equal(network(x)[0], loaded.network(x)[0])

@@ -151,6 +151,19 @@ def test_delay_line_exports_as_delay_nodes_exactly(spikes, tmp_path):
     np.testing.assert_allclose(out["output"], evidence, rtol=0, atol=1e-12)
 
 
+def test_frequency_shared_first_layer_exports_exactly(spikes, tmp_path):
+    network = _network(
+        config=dataclasses.replace(CONFIG, input_delays=(0, 2), input_conv=(2, 5, 4))
+    )
+    graph = _round_trip(network, tmp_path / "conv.nir")
+    evidence, activity = _run_torch(network, spikes)
+    out = simulate(graph, spikes.numpy(), record=_spike_nodes(graph))
+    for layer_spikes, name in zip(activity, _spike_nodes(graph), strict=True):
+        assert 0.02 < layer_spikes.mean() < 0.5, "fixture neurons should spike"
+        np.testing.assert_array_equal(out[name], layer_spikes)
+    np.testing.assert_allclose(out["output"], evidence, rtol=0, atol=1e-12)
+
+
 def test_float32_network_matches_too(network, spikes, tmp_path):
     graph = _round_trip(network, tmp_path / "model.nir")
     evidence, activity = _run_torch(network, spikes, torch.float32)

@@ -46,6 +46,8 @@ class TrainConfig:
     kind: str = "spiking"
     hidden: tuple[int, ...] = (256, 256)
     input_delays: tuple[int, ...] = (0,)  # bins; see NetworkConfig
+    input_conv: tuple[int, int, int] | None = None  # (filters, taps, stride); see NetworkConfig
+    dropout: float = 0.1  # on hidden spikes during training
     channels: int = 64
     bin_ms: float = 20.0
     variants: int = 3
@@ -375,6 +377,8 @@ def train(config: TrainConfig) -> ModelBundle:
             hidden=tuple(config.hidden),
             kind=config.kind,
             input_delays=tuple(config.input_delays),
+            input_conv=tuple(config.input_conv) if config.input_conv else None,
+            dropout=config.dropout,
             **time_constants(config.bin_ms, config.tau_u_ms, config.tau_w_ms),
         )
     ).to(device)
