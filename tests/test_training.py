@@ -13,6 +13,7 @@ from audio_frontend.cochlea import CochleaConfig
 from models.model_file import load_model
 from models.vocabulary import DEFAULT_VOCABULARY
 from tests.conftest import FIXTURES
+from training.evaluate import train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 
 
@@ -66,7 +67,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     reused = tmp_path / "reused.pt"
     args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
     args += ["--distill", "0.5", "--delays", "0", "3", "--teacher-targets", "cached"]
-    args += ["--cache-dir", cache]
+    args += ["--cache-dir", cache, "--input-conv", "8", "5", "2", "--dropout", "0.2"]
     for teacher in (model, second):
         args += ["--teacher", str(teacher.with_suffix(".teacher.pt"))]
     assert main(["train", *args]) == 0
@@ -74,7 +75,19 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 1
     student = load_model(reused)
     assert student.network.config.input_delays == (0, 3)
+    assert student.network.config.input_conv == (8, 5, 2)
     assert student.network.layers[0].input.in_features == 2 * 64
+    # The card's command line is the run's, teachers and non-default settings included.
+    command = train_command(student.card["training"])
+    for flags in (
+        "--teacher student.teacher.pt --teacher second.teacher.pt",
+        "--delays 0 3",
+        "--input-conv 8 5 2",
+        "--dropout 0.2",
+        "--teacher-targets cached",
+    ):
+        assert flags in command
+    assert "--shift-ms" not in command  # defaults are left out
 
 
 def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):

@@ -301,8 +301,27 @@ def evaluate(
     return results
 
 
+# Settings a card records -> the ``spikeear train`` flag that sets them (printed when
+# they differ from the training defaults).
+_TRAIN_FLAGS = {
+    "input_delays": "--delays",
+    "input_conv": "--input-conv",
+    "dropout": "--dropout",
+    "tau_u_ms": "--tau-u-ms",
+    "tau_w_ms": "--tau-w-ms",
+    "max_shift_ms": "--shift-ms",
+    "max_time_mask_ms": "--time-mask-ms",
+    "max_channel_mask": "--channel-mask",
+    "max_channel_shift": "--channel-shift",
+    "teacher_targets": "--teacher-targets",
+}
+
+
 def train_command(training: dict) -> str:
     """The ``spikeear train`` command line that a card's training settings describe."""
+    from training.train import TrainConfig  # training code, needed only to write cards
+
+    defaults = TrainConfig(data=[], out="")
     words = ["spikeear train"]
     words += [f"--data {d}" for d in training.get("data", [])]
     if training.get("features"):  # a pack written by ``spikeear features`` from the sources below
@@ -311,10 +330,23 @@ def train_command(training: dict) -> str:
     words += ["--hidden " + " ".join(str(n) for n in training.get("hidden", []))]
     if training.get("distill_weight"):
         words.append(f"--distill {training['distill_weight']}")
-        words.append(f"--teacher-epochs {training.get('teacher_epochs')}")
-        words.append(f"--teacher-width {training.get('teacher_width', 32)}")
+        if training.get("teachers"):
+            words += [f"--teacher {Path(t).name}" for t in training["teachers"]]
+        else:
+            words.append(f"--teacher-epochs {training.get('teacher_epochs')}")
+            words.append(f"--teacher-width {training.get('teacher_width', 32)}")
     if training.get("early_weight"):
         words.append(f"--early-weight {training['early_weight']}")
+    for key, flag in _TRAIN_FLAGS.items():
+        value = training.get(key)
+        default = getattr(defaults, key)
+        if value is None or (isinstance(value, list) and tuple(value) == tuple(default or ())):
+            continue
+        if value != default:
+            values = value if isinstance(value, list | tuple) else [value]
+            words.append(
+                f"{flag} " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+            )
     words.append(f"--epochs {training.get('epochs')} --seed {training.get('seed')}")
     return " ".join(words)
 

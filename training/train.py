@@ -149,12 +149,20 @@ def _shift_zero_filled(row: np.ndarray, shift: int, axis: int) -> None:
     row[tuple(vacated)] = 0
 
 
-def load_datasets(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, FeatureSet, FeatureSet]:
-    """Discover, split by speaker and featurise; features are cached per source folder.
+@dataclass
+class SourceFeatures:
+    """One data source's clips and features, each part ``None`` when it has no clips."""
 
-    Returns the clip and speaker counts of both parts (for the model card) and
-    their features.
-    """
+    name: str
+    train_clips: list
+    val_clips: list
+    train: FeatureSet | None
+    val: FeatureSet | None
+
+
+def source_features(config: TrainConfig, spec: FeatureSpec) -> list[SourceFeatures]:
+    """Discover, split by speaker and featurise each data source; features are cached
+    per source folder."""
     per_root = [discover(root, config.vocabulary) for root in config.data]
     if config.max_clips:
         rng = np.random.default_rng(config.seed)
@@ -165,28 +173,36 @@ def load_datasets(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, Feature
         raise DataError("need clips from at least two speakers to make a speaker-disjoint split")
     cache = Path(config.cache_dir)
     noise = [c for c in train_clips if c.spoken == "noise"]
-    train_parts, val_parts = [], []
+    train_set, val_set = set(train_clips), set(val_clips)
+    sources = []
     for root, clips in zip(config.data, per_root, strict=True):
         name = Path(root).name
-        in_train = [c for c in clips if c in set(train_clips)]
-        in_val = [c for c in clips if c in set(val_clips)]
+        in_train = [c for c in clips if c in train_set]
+        in_val = [c for c in clips if c in val_set]
+        train = val = None
         if in_train:
-            train_parts.append((in_train, build_features(
+            train = build_features(
                 in_train, config.vocabulary, spec, cache, True, noise_clips=noise,
                 seed=config.seed, description=f"train-{name}",
-            )))  # fmt: skip
+            )  # fmt: skip
         if in_val:
-            val_parts.append((in_val, build_features(
+            val = build_features(
                 in_val, config.vocabulary, spec, cache, False, description=f"val-{name}"
-            )))  # fmt: skip
+            )
+        sources.append(SourceFeatures(name, in_train, in_val, train, val))
+    return sources
+
+
+def load_datasets(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, FeatureSet, FeatureSet]:
+    """All sources' features as one training and one validation set, with the clip and
+    speaker counts of both parts (for the model card)."""
+    sources = source_features(config, spec)
     summaries = {
-        "train": describe([c for clips, _ in train_parts for c in clips]),
-        "validation": describe([c for clips, _ in val_parts for c in clips]),
+        "train": describe([c for s in sources for c in s.train_clips]),
+        "validation": describe([c for s in sources for c in s.val_clips]),
     }
-    train, val = (
-        FeatureSet.concatenate([f for _, f in train_parts]),
-        FeatureSet.concatenate([f for _, f in val_parts]),
-    )
+    train = FeatureSet.concatenate([s.train for s in sources if s.train is not None])
+    val = FeatureSet.concatenate([s.val for s in sources if s.val is not None])
     return summaries, train, val
 
 
@@ -479,10 +495,10 @@ def train(config: TrainConfig) -> ModelBundle:
             )
             epoch += 1
     network.cpu().eval()
-    training = {
-        k: v for k, v in asdict(config).items() if k not in ("resume", "cache_dir", "teachers")
-    }
-    training.update(device=str(device), epochs=epochs)
+    training = {k: v for k, v in asdict(config).items() if k not in ("resume", "cache_dir")}
+    training.update(
+        device=str(device), epochs=epochs, teachers=[Path(t).name for t in config.teachers]
+    )
     if teacher_accuracy is not None:
         training["teacher_validation_accuracy"] = round(teacher_accuracy, 4)
     card = {
