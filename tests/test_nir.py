@@ -128,8 +128,7 @@ def test_graph_structure_and_metadata(network, tmp_path):
     np.testing.assert_allclose(np.exp(-0.010 / readout.tau), float(network.readout_alpha))
 
 
-def test_simulated_graph_reproduces_network_exactly(network, spikes, tmp_path):
-    graph = _round_trip(network, tmp_path / "model.nir")
+def _assert_graph_reproduces(graph, network: Classifier, spikes: torch.Tensor) -> None:
     evidence, activity = _run_torch(network, spikes)
     out = simulate(graph, spikes.numpy(), record=_spike_nodes(graph))
     for layer_spikes, name in zip(activity, _spike_nodes(graph), strict=True):
@@ -139,29 +138,22 @@ def test_simulated_graph_reproduces_network_exactly(network, spikes, tmp_path):
     np.testing.assert_allclose(out["output"], evidence, rtol=0, atol=1e-12)
 
 
+def test_simulated_graph_reproduces_network_exactly(network, spikes, tmp_path):
+    _assert_graph_reproduces(_round_trip(network, tmp_path / "model.nir"), network, spikes)
+
+
 def test_delay_line_exports_as_delay_nodes_exactly(spikes, tmp_path):
     network = _network(config=dataclasses.replace(CONFIG, input_delays=(0, 2, 5)))
     graph = _round_trip(network, tmp_path / "delays.nir")
     delays = sorted(float(n.delay[0]) for n in graph.nodes.values() if isinstance(n, nir.Delay))
     assert delays == pytest.approx([0.02, 0.05])  # 2 and 5 bins of the default 10 ms
-    evidence, activity = _run_torch(network, spikes)
-    out = simulate(graph, spikes.numpy(), record=_spike_nodes(graph))
-    for layer_spikes, name in zip(activity, _spike_nodes(graph), strict=True):
-        np.testing.assert_array_equal(out[name], layer_spikes)
-    np.testing.assert_allclose(out["output"], evidence, rtol=0, atol=1e-12)
+    _assert_graph_reproduces(graph, network, spikes)
 
 
 def test_frequency_shared_first_layer_exports_exactly(spikes, tmp_path):
-    network = _network(
-        config=dataclasses.replace(CONFIG, input_delays=(0, 2), input_conv=(2, 5, 4))
-    )
-    graph = _round_trip(network, tmp_path / "conv.nir")
-    evidence, activity = _run_torch(network, spikes)
-    out = simulate(graph, spikes.numpy(), record=_spike_nodes(graph))
-    for layer_spikes, name in zip(activity, _spike_nodes(graph), strict=True):
-        assert 0.02 < layer_spikes.mean() < 0.5, "fixture neurons should spike"
-        np.testing.assert_array_equal(out[name], layer_spikes)
-    np.testing.assert_allclose(out["output"], evidence, rtol=0, atol=1e-12)
+    config = dataclasses.replace(CONFIG, input_delays=(0, 2), input_conv=(2, 5, 4))
+    network = _network(config=config)
+    _assert_graph_reproduces(_round_trip(network, tmp_path / "conv.nir"), network, spikes)
 
 
 def test_float32_network_matches_too(network, spikes, tmp_path):
