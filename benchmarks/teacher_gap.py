@@ -54,9 +54,14 @@ def main() -> None:
     torch.set_num_threads(1)
     bundle = load_model(args.model)
     teacher = TeacherEnsemble.load(args.teacher, torch.device("cpu"))
-    config = TrainConfig(data=args.data, out="unused", cache_dir=args.cache_dir)
-    config.channels, config.bin_ms = bundle.frontend.channels, bundle.bin_ms
-    config.vocabulary = bundle.vocabulary
+    config = TrainConfig(
+        data=args.data,
+        out="unused",
+        cache_dir=args.cache_dir,
+        channels=bundle.frontend.channels,
+        bin_ms=bundle.bin_ms,
+        vocabulary=bundle.vocabulary,
+    )
     if bundle.frontend != CochleaConfig(channels=config.channels):
         sys.exit("the model's front end differs from the training default: no cached features")
     spec = FeatureSpec(bundle.frontend, bundle.bin_ms, config.variants)

@@ -339,14 +339,12 @@ def train_command(training: dict) -> str:
         words.append(f"--early-weight {training['early_weight']}")
     for key, flag in _TRAIN_FLAGS.items():
         value = training.get(key)
-        default = getattr(defaults, key)
-        if value is None or (isinstance(value, list) and tuple(value) == tuple(default or ())):
+        values = tuple(value) if isinstance(value, list | tuple) else (value,)
+        if value is None or value == getattr(defaults, key) or values == getattr(defaults, key):
             continue
-        if value != default:
-            values = value if isinstance(value, list | tuple) else [value]
-            words.append(
-                f"{flag} " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-            )
+        words.append(
+            f"{flag} " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+        )
     words.append(f"--epochs {training.get('epochs')} --seed {training.get('seed')}")
     return " ".join(words)
 
