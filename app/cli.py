@@ -299,17 +299,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
     from models.model_file import load_model
-    from training.evaluate import card_markdown, describe_speakers, evaluate
+    from training.evaluate import baseline_figures, card_markdown, describe_speakers, evaluate
 
     bundle = load_model(args.model)
+    baselines = [(path, load_model(path)) for path in args.baseline]
+    for path, other in baselines:
+        if other.vocabulary != bundle.vocabulary:
+            raise ModelFileError(f"{path}: its vocabulary differs from the evaluated model's")
     results = evaluate(bundle, args.data, Path(args.out_dir), args.split, args.cache_dir)
+    if baselines:
+        results["baselines"] = {
+            Path(path).stem: baseline_figures(
+                other,
+                path,
+                evaluate(
+                    other,
+                    args.data,
+                    Path(args.out_dir) / Path(path).stem,
+                    args.split,
+                    args.cache_dir,
+                ),
+            )
+            for path, other in baselines
+        }
     if args.write_card:
         from models.model_file import DEFAULT_MODEL_PATH
 
         bundle.card["evaluation"] = {
-            "command": "spikeear evaluate " + " ".join(f"--data {d}" for d in args.data),
-            **results,
+            "command": "spikeear evaluate "
+            + " ".join(f"--data {d}" for d in args.data)
+            + "".join(f" --baseline {path}" for path in args.baseline),
+            **{key: value for key, value in results.items() if key != "baselines"},
         }
+        bundle.card["baselines"] = results.get("baselines", {})
         model_path = Path(args.model or DEFAULT_MODEL_PATH)
         bundle.save(model_path)
         card_path = model_path.with_name(
@@ -352,6 +374,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"spikes, {clip['synaptic_ops']:.3g} synaptic ops ({clip['energy_uj_snn']:.2f} uJ) vs "
         f"{clip['dense_macs']:.3g} dense MACs ({clip['energy_uj_dense']:.2f} uJ)"
     )
+    for name, baseline in results.get("baselines", {}).items():
+        figures = baseline["native"]
+        print(
+            f"baseline {name} ({baseline['kind']}, {baseline['parameters']} parameters): "
+            f"in-vocabulary {figures['in_vocabulary_accuracy']}, early decision "
+            f"{figures['early_decision']['median_fraction_of_word']} of the word"
+        )
     print(f"plots: {args.out_dir}/confusion.png, {args.out_dir}/accuracy_vs_time.png")
 
 
@@ -449,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--write-card", action="store_true", help="store the figures in the model file's card"
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="another model (e.g. the --kind analog twin) evaluated on the same split and "
+        "shown beside this one (repeat for several)",
     )
 
     p = command("export-nir", cmd_export_nir, "Export the network as a NIR graph (.nir).")

@@ -751,6 +751,15 @@ def at_chance(r: Result) -> bool:
     return wilson(r.word_accuracy, r.words)[0] <= 1 / max(n_words, 1)
 
 
+def shape_agreement(entries: list[Entry]) -> str:
+    """'of the same shape', or which layers differ: a comparison across shapes says so."""
+    shapes = {e.name: e.bundle.network.config.hidden for e in entries if e.bundle is not None}
+    if len(set(shapes.values())) <= 1:
+        return "of the same shape"
+    listing = ", ".join(f"{name} {' x '.join(map(str, h))}" for name, h in shapes.items())
+    return f"of **different hidden layers** ({listing}: compare them with that in mind)"
+
+
 def conclusions(
     results: list[Result], snrs: tuple[float, ...], quick: bool, missing: list[str]
 ) -> list[str]:
@@ -928,9 +937,9 @@ def write_report(
         "",
         "## Setup",
         "",
-        "Three classifiers of the same shape (input → recurrent hidden layers → leaky "
+        f"Classifiers {shape_agreement(entries)} (input → recurrent hidden layers → leaky "
         "integrator readout), trained by the same pipeline (`spikeear train --kind ...`) on the "
-        "same cochlea features, differing only in the hidden neuron: adLIF spiking neurons "
+        "same cochlea features, differing in the hidden neuron: adLIF spiking neurons "
         "(SNN), leaky ReLU units (analog RNN), binary weights and {0,1} activations without "
         "membrane (binary NN).",
         "",

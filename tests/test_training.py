@@ -10,7 +10,8 @@ import pytest
 
 from app.cli import main
 from audio_frontend.cochlea import CochleaConfig
-from models.model_file import load_model
+from models.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model
+from models.network import Classifier, NetworkConfig
 from models.vocabulary import DEFAULT_VOCABULARY
 from tests.conftest import FIXTURES
 from training.evaluate import train_command
@@ -114,6 +115,48 @@ def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):
     assert 0 < native["early_decision"]["median_fraction_of_word"] <= 1
     for plot in ("confusion.png", "accuracy_vs_time.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def _analog_twin(path, vocabulary=DEFAULT_VOCABULARY):
+    """An untrained non-spiking network with the bundled model's front end."""
+    bundled = load_model()
+    config = NetworkConfig(hidden=(32, 32), kind="analog", n_classes=len(vocabulary))
+    twin = ModelBundle(Classifier(config), bundled.frontend, vocabulary, bundled.bin_ms)
+    twin.save(path)
+    return path
+
+
+def test_evaluate_puts_a_baseline_beside_the_model_in_its_card(speech_folder, tmp_path, capsys):
+    model = tmp_path / "snn.pt"
+    shutil.copy(DEFAULT_MODEL_PATH, model)
+    twin = _analog_twin(tmp_path / "analog.pt")
+    argv = ["evaluate", "--data", str(speech_folder), "--split", "all", "--model", str(model)]
+    argv += ["--baseline", str(twin), "--out-dir", str(tmp_path / "eval")]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--write-card", "--json"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    figures = printed["baselines"]["analog"]
+    assert figures["kind"] == "analog"
+    assert figures["parameters"] == load_model(twin).network.parameter_count()
+    # The card keeps the baseline's figures, and its Markdown shows them in their own column.
+    card = load_model(model).card
+    assert card["baselines"]["analog"]["native"] == figures["native"]
+    assert card["evaluation"]["command"].endswith(f"--baseline {twin}")
+    markdown = (tmp_path / "snn.card.md").read_text()
+    row = next(
+        line for line in markdown.splitlines() if line.startswith("| in-vocabulary accuracy |")
+    )
+    ours = card["evaluation"]["native"]["in_vocabulary_accuracy"]
+    theirs = figures["native"]["in_vocabulary_accuracy"]
+    assert row == f"| in-vocabulary accuracy | {100 * ours:.1f}% | {100 * theirs:.1f}% |"
+    assert "MACs" in markdown and "accumulates" in markdown
+
+
+def test_evaluate_refuses_a_baseline_with_another_vocabulary(speech_folder, tmp_path, capsys):
+    twin = _analog_twin(tmp_path / "analog.pt", vocabulary=("yes", "no", "_unknown_"))
+    argv = ["evaluate", "--data", str(speech_folder), "--baseline", str(twin)]
+    assert main(argv) != 0
+    assert "vocabulary differs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shift", [-2, 0, 3])

@@ -301,6 +301,38 @@ def evaluate(
     return results
 
 
+def baseline_figures(bundle: ModelBundle, path: str | Path, results: dict) -> dict:
+    """What a model card keeps of another network evaluated on the same split: enough for
+    the side-by-side table (accuracy, size, operations) and the command that trained it."""
+    native = results["native"]
+    config = bundle.network.config
+    figures = {
+        "model": Path(path).name,
+        "kind": config.kind,
+        "hidden": list(config.hidden),
+        "parameters": bundle.network.parameter_count(),
+        "train_command": train_command(bundle.card["training"])
+        if "training" in bundle.card
+        else None,
+        "native": {
+            key: native[key]
+            for key in (
+                "in_vocabulary_accuracy",
+                "accuracy",
+                "unknown_accuracy",
+                "silence_accuracy",
+                "per_source_in_vocabulary",
+                "speakers_in_vocabulary",
+                "early_decision",
+                "per_clip",
+            )
+        },
+    }
+    if "band_limited_8k" in results:
+        figures["band_limited_8k"] = results["band_limited_8k"]["in_vocabulary_accuracy"]
+    return figures
+
+
 # Settings a card records -> the ``spikeear train`` flag that sets them (printed when
 # they differ from the training defaults).
 _TRAIN_FLAGS = {
@@ -440,6 +472,82 @@ def card_markdown(bundle: ModelBundle) -> str:
             "Energy figures are the commonly cited 45 nm per-operation estimates (Horowitz 2014) "
             "and ignore memory access.",
         ]
-    for name, baseline in card.get("baselines", {}).items():
-        lines += ["", f"Baseline `{name}`: {baseline}"]
+    if native and card.get("baselines"):
+        lines += side_by_side(bundle, card["baselines"])
     return "\n".join(lines) + "\n"
+
+
+def _operations(kind: str, per_clip: dict) -> str:
+    # An event-driven network pays per spike (accumulate); an analog one pays every
+    # synapse every step (multiply-accumulate).
+    if kind == "analog":
+        return f"{per_clip['dense_macs']:.3g} MACs ({per_clip['energy_uj_dense']:.1f} uJ)"
+    return f"{per_clip['synaptic_ops']:.3g} accumulates ({per_clip['energy_uj_snn']:.1f} uJ)"
+
+
+def side_by_side(bundle: ModelBundle, baselines: dict) -> list[str]:
+    """This model next to the baselines evaluated with it (``evaluate --baseline``)."""
+    config = bundle.network.config
+    evaluation = bundle.card["evaluation"]
+    this = {
+        "model": "this model",
+        "kind": config.kind,
+        "hidden": list(config.hidden),
+        "parameters": bundle.card.get("parameters", "?"),
+        "native": evaluation["native"],
+        "band_limited_8k": evaluation.get("band_limited_8k", {}).get("in_vocabulary_accuracy"),
+    }
+    columns = [this, *baselines.values()]
+
+    def percent(value) -> str:
+        return "–" if value is None else f"{100 * value:.1f}%"
+
+    def share(value) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    sources = list(this["native"]["per_source_in_vocabulary"])
+    rows = [
+        ("network", lambda c: f"{c['kind']}, {' x '.join(map(str, c['hidden']))}"),
+        ("in-vocabulary accuracy", lambda c: percent(c["native"]["in_vocabulary_accuracy"])),
+        *(
+            (
+                f"... {source}",
+                lambda c, s=source: percent(
+                    c["native"]["per_source_in_vocabulary"].get(s, {}).get("accuracy")
+                ),
+            )
+            for source in sources
+        ),
+        ("... 16 kHz clips band-limited to 8 kHz", lambda c: percent(c.get("band_limited_8k"))),
+        (
+            "... per held-out speaker: mean / median",
+            lambda c: (
+                f"{percent(c['native']['speakers_in_vocabulary']['mean'])} / "
+                f"{percent(c['native']['speakers_in_vocabulary']['median'])}"
+            ),
+        ),
+        ("`_unknown_` accuracy", lambda c: percent(c["native"]["unknown_accuracy"])),
+        ("`_silence_` accuracy", lambda c: percent(c["native"]["silence_accuracy"])),
+        (
+            "early decision (median share of the word)",
+            lambda c: share(c["native"]["early_decision"]["median_fraction_of_word"]),
+        ),
+        ("trainable parameters", lambda c: f"{c['parameters']:,}"),
+        ("operations per clip", lambda c: _operations(c["kind"], c["native"]["per_clip"])),
+    ]
+    lines = [
+        "",
+        "## Side by side, on the same split",
+        "",
+        "| figure | " + " | ".join(f"`{c['model']}`" for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    lines += [f"| {name} | " + " | ".join(cell(c) for c in columns) + " |" for name, cell in rows]
+    lines += [""]
+    lines += [
+        f"`{b['model']}` was trained by `{b['train_command']}`."
+        if b["train_command"]
+        else f"`{b['model']}` has no training record."
+        for b in baselines.values()
+    ]
+    return lines
