@@ -376,10 +376,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     for name, baseline in results.get("baselines", {}).items():
         figures = baseline["native"]
+        in_vocabulary = figures["in_vocabulary_accuracy"]
+        early = figures["early_decision"]["median_fraction_of_word"]
         print(
             f"baseline {name} ({baseline['kind']}, {baseline['parameters']} parameters): "
-            f"in-vocabulary {figures['in_vocabulary_accuracy']}, early decision "
-            f"{figures['early_decision']['median_fraction_of_word']} of the word"
+            f"in-vocabulary {'n/a' if in_vocabulary is None else f'{in_vocabulary:.3f}'}, "
+            f"early decision {'n/a' if early is None else f'{early:.2f}'} of the word"
         )
     print(f"plots: {args.out_dir}/confusion.png, {args.out_dir}/accuracy_vs_time.png")
 

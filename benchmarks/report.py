@@ -757,7 +757,7 @@ def shape_agreement(entries: list[Entry]) -> str:
     if len(set(shapes.values())) <= 1:
         return "of the same shape"
     listing = ", ".join(f"{name} {' x '.join(map(str, h))}" for name, h in shapes.items())
-    return f"of **different hidden layers** ({listing}: compare them with that in mind)"
+    return f"whose **hidden layers differ** ({listing}; compare them with that in mind)"
 
 
 def conclusions(
@@ -937,9 +937,9 @@ def write_report(
         "",
         "## Setup",
         "",
-        f"Classifiers {shape_agreement(entries)} (input → recurrent hidden layers → leaky "
-        "integrator readout), trained by the same pipeline (`spikeear train --kind ...`) on the "
-        "same cochlea features, differing in the hidden neuron: adLIF spiking neurons "
+        "Classifiers (input → recurrent hidden layers → leaky integrator readout) "
+        f"{shape_agreement(entries)}, trained by the same pipeline (`spikeear train --kind "
+        "...`) on the same cochlea features, differing in the hidden neuron: adLIF spiking neurons "
         "(SNN), leaky ReLU units (analog RNN), binary weights and {0,1} activations without "
         "membrane (binary NN).",
         "",
