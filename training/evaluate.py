@@ -493,7 +493,7 @@ def side_by_side(bundle: ModelBundle, baselines: dict) -> list[str]:
         "model": "this model",
         "kind": config.kind,
         "hidden": list(config.hidden),
-        "parameters": bundle.card.get("parameters", "?"),
+        "parameters": bundle.network.parameter_count(),
         "native": evaluation["native"],
         "band_limited_8k": evaluation.get("band_limited_8k", {}).get("in_vocabulary_accuracy"),
     }
@@ -521,9 +521,9 @@ def side_by_side(bundle: ModelBundle, baselines: dict) -> list[str]:
         ("... 16 kHz clips band-limited to 8 kHz", lambda c: percent(c.get("band_limited_8k"))),
         (
             "... per held-out speaker: mean / median",
-            lambda c: (
-                f"{percent(c['native']['speakers_in_vocabulary']['mean'])} / "
-                f"{percent(c['native']['speakers_in_vocabulary']['median'])}"
+            lambda c: " / ".join(
+                percent((c["native"]["speakers_in_vocabulary"] or {}).get(key))
+                for key in ("mean", "median")
             ),
         ),
         ("`_unknown_` accuracy", lambda c: percent(c["native"]["unknown_accuracy"])),
