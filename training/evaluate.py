@@ -487,16 +487,7 @@ def _operations(kind: str, per_clip: dict) -> str:
 
 def side_by_side(bundle: ModelBundle, baselines: dict) -> list[str]:
     """This model next to the baselines evaluated with it (``evaluate --baseline``)."""
-    config = bundle.network.config
-    evaluation = bundle.card["evaluation"]
-    this = {
-        "model": "this model",
-        "kind": config.kind,
-        "hidden": list(config.hidden),
-        "parameters": bundle.network.parameter_count(),
-        "native": evaluation["native"],
-        "band_limited_8k": evaluation.get("band_limited_8k", {}).get("in_vocabulary_accuracy"),
-    }
+    this = baseline_figures(bundle, "this model", bundle.card["evaluation"])
     columns = [this, *baselines.values()]
 
     def percent(value) -> str:
