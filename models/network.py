@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from models import kernels
 from models.neurons import (
     AdLIFParameters,
     AdLIFSequence,
@@ -248,7 +249,10 @@ class RecurrentLayer(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Feed-forward input current for ``[batch, time, n_in]``, batch-normalised."""
-        current = x @ effective_weight(self.input.weight, self.kind).t()
+        weight = effective_weight(self.input.weight, self.kind)
+        if not self.training and kernels.applies_to(x):
+            return kernels.normalized_projection(x, weight, self.norm)
+        current = x @ weight.t()
         batch, time, n = current.shape
         return self.norm(current.reshape(batch * time, n)).reshape(batch, time, n)
 
@@ -271,8 +275,15 @@ class RecurrentLayer(nn.Module):
     ) -> tuple[torch.Tensor, AdLIFState]:
         """Outputs ``[batch, time, n]`` for the input currents of a sequence, and the
         final state.  Spiking layers that are being trained take the fused path
-        (:class:`AdLIFSequence`, the same values with a much cheaper backward pass);
+        (:class:`AdLIFSequence`, the same values with a much cheaper backward pass),
+        in inference on the CPU the event-driven kernel (:mod:`models.kernels`);
         everything else steps through :meth:`advance`."""
+        if self.kind == "spiking" and not self.training and kernels.applies_to(currents):
+            recurrent = self.recurrent.weight if self.recurrent is not None else None
+            out, final = kernels.adlif_layer(
+                currents, recurrent, self.alpha, self.beta, self.a, self.b, *state
+            )
+            return out, AdLIFState(*final)
         weights = self.step_weights()
         if fused and self.kind == "spiking" and torch.is_grad_enabled():
             mask = None

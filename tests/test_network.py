@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from audio_frontend.cochlea import CochleaConfig
+from models import kernels
 from models.model_file import FORMAT_VERSION, ModelBundle, ModelFileError, load_model
 from models.network import Classifier, FrequencyConv, NetworkConfig, NetworkState, StatePool
+from models.neurons import AdLIFState
 from models.vocabulary import DEFAULT_VOCABULARY
 
 CONV = (3, 5, 4)  # filters, taps, stride: 3 * 16 first-layer neurons on 64 channels
@@ -60,6 +62,68 @@ def test_step_mode_equals_sequence_mode(kind, input_delays, input_conv):
     assert torch.allclose(state.readout, final_state.readout, atol=1e-5)
     if kind == "spiking":
         assert 0 < activity[0].mean() < 0.5  # the test is only meaningful if neurons fire
+
+
+@pytest.mark.parametrize("kind", ["spiking", "analog"])
+def test_event_driven_inference_equals_dense_torch(kind):
+    """The CPU inference kernels compute what torch's dense operations compute."""
+    network = trained_like(kind)
+    x = inputs()
+    with torch.no_grad():
+        evidence, _, activity = network(x)
+        layer = network.layers[0]
+        projected = layer.project(x)
+        with kernels.disabled():
+            dense_evidence, _, dense_activity = network(x)
+            dense_projected = layer.project(x)
+    # Counts (not only spikes) are accumulated: the first layer's input.
+    torch.testing.assert_close(projected, dense_projected, rtol=1e-5, atol=1e-5)
+    for events, dense in zip(activity, dense_activity, strict=True):
+        if kind == "spiking":
+            assert (events != dense).float().mean() < 1e-3  # rounding may tip a rare spike
+        else:
+            torch.testing.assert_close(events, dense, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(evidence, dense_evidence, rtol=1e-3, atol=1e-3)
+    if kind == "spiking":
+        assert 0 < activity[0].mean() < 0.5
+
+
+def test_event_driven_layer_follows_the_neuron_step():
+    """One recurrent adLIF layer by the kernel, against torch's step, from a state
+    that is not at rest; the caller's state is left as it was."""
+    layer = trained_like().layers[1]
+    torch.manual_seed(2)
+    currents = torch.randn(4, 25, 32) * 2
+    start = (torch.rand(4, 32), torch.rand(4, 32), (torch.rand(4, 32) < 0.3).float())
+    saved = [t.clone() for t in start]
+    with torch.no_grad():
+        spikes, final = kernels.adlif_layer(
+            currents, layer.recurrent.weight, layer.alpha, layer.beta, layer.a, layer.b, *start
+        )
+        weights, state, expected = layer.step_weights(), AdLIFState(*start), []
+        for t in range(currents.shape[1]):
+            out, state = layer.advance(currents[:, t], state, weights)
+            expected.append(out)
+    assert torch.equal(spikes, torch.stack(expected, 1))
+    assert 0 < spikes.mean() < 0.5
+    for got, want in zip(final, state, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(t, s) for t, s in zip(start, saved, strict=True))
+
+
+def test_event_driven_weights_follow_weight_updates():
+    """The kernels keep a transposed copy of each weight; changing the weight in
+    place (an optimizer step, loading a checkpoint) must not leave it stale."""
+    weight = torch.randn(5, 3)
+    x = torch.tensor([[1.0, 0.0, 2.0]])
+    before = x @ weight.t()
+    norm = torch.nn.BatchNorm1d(5).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(kernels.normalized_projection(x, weight, norm), norm(before))
+        weight.mul_(-3.0)
+        torch.testing.assert_close(
+            kernels.normalized_projection(x, weight, norm), norm(-3.0 * before)
+        )
 
 
 def test_delay_line_delivers_each_input_at_each_delay():
