@@ -98,6 +98,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError("give either --data folders or one --features pack")
     if not 0 <= args.distill < 1:
         raise CliError("--distill must be in [0, 1)")
+    if args.temperature <= 0:
+        raise CliError("--temperature must be above 0")
     if min(args.delays) < 0:
         raise CliError("--delays must be bins >= 0")
     if not 0 <= args.dropout < 1:
@@ -144,6 +146,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         early_weight=args.early_weight,
         rate_weight=args.rate_weight,
         distill_weight=args.distill,
+        temperature=args.temperature,
         teachers=tuple(args.teacher or ()),
         teacher_targets=args.teacher_targets,
         teacher_epochs=args.teacher_epochs,
@@ -528,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="WEIGHT",
         help="share of the loss given to a convolutional teacher's soft targets (e.g. 0.7)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=2.0,
+        help="softening of the teacher's and the student's outputs for distillation",
     )
     p.add_argument(
         "--delays",

@@ -188,6 +188,7 @@ def _tiny_pack(path, bin_ms: float = 20.0) -> None:
         (["--bin-ms", "10"], "made for"),
         (["--data", "{dir}"], "either --data folders or one --features pack"),
         (["--distill", "1.5"], "--distill"),
+        (["--distill", "0.7", "--temperature", "0"], "--temperature"),
         (["--teacher", "t.pt"], "--teacher needs --distill"),
         (["--delays", "0", "-2"], "delays"),
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
