@@ -110,7 +110,11 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 def _cached(owner: object, name: str, sources: tuple[torch.Tensor, ...], compute) -> object:
     """``compute()``, kept on ``owner`` until one of ``sources`` changes (in place, as
     an optimizer step or loading weights does): deriving arrays from a layer's
-    weights at every step of a stream would cost more than the step."""
+    weights at every step of a stream would cost more than the step.  Weights built
+    in the call itself (binary or frequency-shared ones, under inference mode) are
+    not kept."""
+    if any(t.is_inference() for t in sources):
+        return compute()
     key = tuple((t._version, t.data_ptr()) for t in sources)
     cached = getattr(owner, name, None)
     if cached is None or cached[0] != key:
