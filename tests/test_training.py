@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from app.cli import main
 from audio_frontend.cochlea import CochleaConfig
@@ -16,6 +17,8 @@ from models.vocabulary import DEFAULT_VOCABULARY
 from tests.conftest import FIXTURES
 from training.evaluate import train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
+from training.teacher import TeacherEnsemble
+from training.train import cached_teacher_targets
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +72,21 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
     args += ["--distill", "0.5", "--delays", "0", "3", "--teacher-targets", "cached"]
     args += ["--cache-dir", cache, "--input-conv", "8", "5", "2", "--dropout", "0.2"]
+    args += ["--temperature", "3"]
     for teacher in (model, second):
         args += ["--teacher", str(teacher.with_suffix(".teacher.pt"))]
     assert main(["train", *args]) == 0
     assert not reused.with_suffix(".teacher.pt").exists()
-    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 1
+    # One cache file per member: a later ensemble reuses the members it shares.
+    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 2
+    ensemble = TeacherEnsemble.load(
+        [model.with_suffix(".teacher.pt"), second.with_suffix(".teacher.pt")], torch.device("cpu")
+    )
+    members = [cached_teacher_targets(t, train.rasters, cache) for t in ensemble.members]
+    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 2
+    np.testing.assert_allclose(
+        cached_teacher_targets(ensemble, train.rasters, cache), np.mean(members, 0), rtol=1e-6
+    )
     student = load_model(reused)
     assert student.network.config.input_delays == (0, 3)
     assert student.network.config.input_conv == (8, 5, 2)
@@ -85,6 +98,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
         "--delays 0 3",
         "--input-conv 8 5 2",
         "--dropout 0.2",
+        "--temperature 3",
         "--teacher-targets cached",
     ):
         assert flags in command

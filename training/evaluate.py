@@ -346,6 +346,7 @@ _TRAIN_FLAGS = {
     "max_channel_mask": "--channel-mask",
     "max_channel_shift": "--channel-shift",
     "teacher_targets": "--teacher-targets",
+    "temperature": "--temperature",
 }
 
 

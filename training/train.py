@@ -353,7 +353,13 @@ def cached_teacher_targets(
     classes]``, computed once: the student sees its shifted and masked batches, the
     teacher the whole variant, and a CPU run pays no teacher pass per batch.  Kept in
     ``cache_dir`` by teacher weights and features, so that runs from the same pack and
-    teacher (a student and its analog twin) share them."""
+    teacher (a student and its analog twin) share them; an ensemble's are the mean of
+    its members', each cached on its own, so that a new ensemble reuses known members."""
+    if isinstance(teacher, TeacherEnsemble):
+        return np.mean(
+            [cached_teacher_targets(member, rasters, cache_dir) for member in teacher.members],
+            axis=0,
+        )
     digest = hashlib.sha1(np.ascontiguousarray(rasters).data)
     for tensor in teacher.state_dict().values():
         digest.update(tensor.detach().cpu().numpy().tobytes())
