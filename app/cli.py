@@ -76,6 +76,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def _train_config(args: argparse.Namespace, **extra):
     from training.train import TrainConfig
 
+    level = args.speech_level_dbfs
+    if level and not level[0] <= level[1] < 0:
+        raise CliError("--speech-level-dbfs needs LOW <= HIGH < 0 (dB full scale)")
     return TrainConfig(
         data=args.data or [],
         out=args.out,
@@ -83,6 +86,7 @@ def _train_config(args: argparse.Namespace, **extra):
         seed=args.seed,
         bin_ms=args.bin_ms,
         variants=args.variants,
+        speech_level_dbfs=tuple(level) if level else None,
         cache_dir=args.cache_dir,
         max_clips=args.max_clips,
         **extra,
@@ -165,12 +169,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from audio_frontend.cochlea import CochleaConfig
-    from training.features import FeatureSpec, save_pack
-    from training.train import load_datasets
+    from training.features import save_pack
+    from training.train import feature_spec, load_datasets
 
     config = _train_config(args)
-    spec = FeatureSpec(CochleaConfig(channels=config.channels), config.bin_ms, config.variants)
+    spec = feature_spec(config)
     summaries, train_set, val_set = load_datasets(config, spec)
     save_pack(args.out, spec, config.vocabulary, train_set, val_set, summaries, args.max_variants)
     size_mb = Path(args.out).stat().st_size / 1e6
@@ -418,6 +421,14 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
+    p.add_argument(
+        "--speech-level-dbfs",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="set each augmented copy to a random speech level in this range (e.g. -45 -12) "
+        "instead of a gain of -20..+8 dB relative to its recording",
+    )
     p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
     p.add_argument(
         "--cache-dir",
@@ -575,9 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--teacher-targets",
-        choices=("batch", "cached"),
+        choices=("batch", "cached", "clean"),
         default="batch",
-        help="teacher outputs per augmented batch, or once per stored clip variant (cheap on CPU)",
+        help="teacher outputs per augmented batch, once per stored clip variant (cheap on CPU), "
+        "or once per clip on its clean copy, for all its variants",
     )
     p.add_argument(
         "--teacher-only",

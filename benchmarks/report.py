@@ -73,11 +73,11 @@ from training.features import (
     FeatureSet,
     FeatureSpec,
     _clip_seed,
-    _load_16k,
-    _raster,
-    _worker_cochlea,
     _worker_noises,
     build_features,
+    clip_raster,
+    load_resampled,
+    process_cochlea,
     run_cochlea_jobs,
 )
 
@@ -189,10 +189,10 @@ def mix_noise(clean: np.ndarray, noise: np.ndarray, snr_db: float, offset: int) 
 def _noisy_worker(job: tuple) -> tuple[int, np.ndarray | None]:
     """Rasters of one clip with the same noise (choice and offset) at each SNR."""
     index, path, spec, noise_paths, snrs, seed = job
-    cochlea = _worker_cochlea(spec.frontend)
+    cochlea = process_cochlea(spec.frontend)
     rate = spec.frontend.sample_rate
     try:
-        clean = place(_load_16k(path, rate), round(CLIP_SECONDS * rate), None)
+        clean = place(load_resampled(path, rate), round(CLIP_SECONDS * rate), None)
     except Exception:
         return index, None
     noises = _worker_noises(noise_paths, rate)
@@ -202,7 +202,7 @@ def _noisy_worker(job: tuple) -> tuple[int, np.ndarray | None]:
         choice = (choice + 1) % len(noise_paths)
     noise = noises[choice]
     offset = int(rng.integers(len(noise)))
-    rasters = [_raster(cochlea, mix_noise(clean, noise, snr, offset), spec) for snr in snrs]
+    rasters = [clip_raster(cochlea, mix_noise(clean, noise, snr, offset), spec) for snr in snrs]
     return index, np.stack(rasters)
 
 

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from app.cli import main
+from audio_frontend.audio_io import load_audio
 from audio_frontend.cochlea import CochleaConfig
 from models.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model
 from models.network import Classifier, NetworkConfig
 from models.vocabulary import DEFAULT_VOCABULARY
 from tests.conftest import FIXTURES
+from training.augment import AugmentConfig, active_level_dbfs, augment
 from training.evaluate import train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import TeacherEnsemble
@@ -87,6 +89,13 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     np.testing.assert_allclose(
         cached_teacher_targets(ensemble, train.rasters, cache), np.mean(members, 0), rtol=1e-6
     )
+    # Targets from each clip's clean copy only: one per clip, for all its variants.
+    clean = tmp_path / "clean.pt"
+    args = ["--features", str(pack), "--out", str(clean), "--epochs", "1", "--batch-size", "2"]
+    args += ["--distill", "0.5", "--teacher", str(model.with_suffix(".teacher.pt"))]
+    assert main(["train", *args, "--teacher-targets", "clean", "--cache-dir", cache]) == 0
+    shapes = {np.load(f).shape for f in (tmp_path / "cache").glob("teacher-targets-*.npy")}
+    assert (len(train.labels), 1, len(DEFAULT_VOCABULARY)) in shapes
     student = load_model(reused)
     assert student.network.config.input_delays == (0, 3)
     assert student.network.config.input_conv == (8, 5, 2)
@@ -207,6 +216,7 @@ def _tiny_pack(path, bin_ms: float = 20.0) -> None:
         (["--delays", "0", "-2"], "delays"),
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
         (["--channel-shift", "-1"], "--channel-shift"),
+        (["--speech-level-dbfs", "-12", "-45"], "--speech-level-dbfs"),
     ],
 )
 def test_training_bad_input(tmp_path, extra, message):
@@ -297,3 +307,22 @@ def test_a_spike_file_with_more_channels_than_the_model_is_refused(tmp_path):
     assert "Traceback" not in refused.stderr
     assert features("--channels", "700").returncode == 0
     assert load_pack(tmp_path / "p.npz")[1].rasters.shape[-1] == 700
+
+
+def test_augmented_level_does_not_depend_on_the_recording():
+    """With ``speech_level_dbfs`` variants get a random absolute speech level, so a quiet
+    recording (as two FSDD speakers are) and a loud one spread over the same range,
+    never clipping."""
+    audio, rate = load_audio(FIXTURES / "yes_0cb74144_nohash_1.wav")
+    config = AugmentConfig(speech_level_dbfs=(-45.0, -12.0))
+    for gain_db in (-30, 0):
+        recording = audio * 10 ** (gain_db / 20)
+        rng = np.random.default_rng(0)
+        levels = []
+        for _ in range(40):
+            varied = augment(recording, rate, [], rng, config)
+            assert np.abs(varied).max() < 1.0
+            levels.append(active_level_dbfs(varied, rate))
+        low, high = config.speech_level_dbfs
+        assert low - 0.5 <= min(levels) and max(levels) <= high + 0.5
+        assert np.ptp(levels) > 0.5 * (high - low)  # spread over the range, not clustered

@@ -345,6 +345,7 @@ _TRAIN_FLAGS = {
     "max_time_mask_ms": "--time-mask-ms",
     "max_channel_mask": "--channel-mask",
     "max_channel_shift": "--channel-shift",
+    "speech_level_dbfs": "--speech-level-dbfs",
     "teacher_targets": "--teacher-targets",
     "temperature": "--temperature",
 }

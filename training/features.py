@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from rich.progress import Progress
 from audio_frontend.audio_io import AudioError, load_audio
 from audio_frontend.cochlea import KERNEL_DTYPE, Cochlea, CochleaConfig
 from audio_frontend.events import SpikeEvents, bin_events
-from training.augment import augment, band_limit, place
+from training.augment import AugmentConfig, augment, band_limit, place
 from training.data import Clip, DataError
 
 CLIP_SECONDS = 1.0
@@ -33,6 +33,7 @@ class FeatureSpec:
     frontend: CochleaConfig
     bin_ms: float = 10.0
     variants: int = 3  # augmented copies per training clip
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
     def n_bins(self) -> int:
@@ -68,13 +69,15 @@ class FeatureSet:
         )
 
 
-def _raster(cochlea: Cochlea, audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+def clip_raster(cochlea: Cochlea, audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Spike counts ``[bins, channels]`` of a clip at the cochlea's sample rate."""
     events = cochlea.encode(audio, cochlea.config.sample_rate)
     counts = bin_events(events, spec.bin_ms / 1000, spec.n_bins)
     return np.minimum(counts, 255).astype(np.uint8)
 
 
-def _load_16k(path: Path, rate: int) -> np.ndarray:
+def load_resampled(path: Path, rate: int) -> np.ndarray:
+    """A clip's mono audio at ``rate``."""
     import soxr
 
     audio, file_rate = load_audio(path)
@@ -85,24 +88,25 @@ def _load_16k(path: Path, rate: int) -> np.ndarray:
 
 def _clip_worker(job: tuple) -> tuple[int, np.ndarray | None]:
     index, path, spec, variants, band_limited, noise_paths, seed = job
-    cochlea = _worker_cochlea(spec.frontend)
+    cochlea = process_cochlea(spec.frontend)
     rate = spec.frontend.sample_rate
     length = round(CLIP_SECONDS * rate)
     try:
-        audio = _load_16k(path, rate)
+        audio = load_resampled(path, rate)
     except AudioError:
         return index, None
     clean = place(audio, length, None)
     if band_limited:
         clean = band_limit(clean, rate)
-    rasters = [_raster(cochlea, clean, spec)]
+    rasters = [clip_raster(cochlea, clean, spec)]
     if variants:
         rng = np.random.default_rng(seed)
         noises = _worker_noises(noise_paths, rate)
         # Variants start from the whole recording so that placement is random too.
         for _ in range(variants):
-            varied = augment(place(audio, max(length, len(audio)), rng), rate, noises, rng)
-            rasters.append(_raster(cochlea, place(varied, length, rng), spec))
+            whole = place(audio, max(length, len(audio)), rng)
+            varied = augment(whole, rate, noises, rng, spec.augmentation)
+            rasters.append(clip_raster(cochlea, place(varied, length, rng), spec))
     return index, np.stack(rasters)
 
 
@@ -114,7 +118,8 @@ def _clip_seed(clip: Clip, seed: int) -> int:
 _WORKER_CACHE: dict = {}
 
 
-def _worker_cochlea(config: CochleaConfig) -> Cochlea:
+def process_cochlea(config: CochleaConfig) -> Cochlea:
+    """This worker process's cochlea for ``config`` (built once per process)."""
     if ("cochlea", config) not in _WORKER_CACHE:
         _WORKER_CACHE["cochlea", config] = Cochlea(config)
     return _WORKER_CACHE["cochlea", config]
@@ -122,7 +127,7 @@ def _worker_cochlea(config: CochleaConfig) -> Cochlea:
 
 def _worker_noises(paths: tuple[Path, ...], rate: int) -> list[np.ndarray]:
     if ("noises", paths) not in _WORKER_CACHE:
-        _WORKER_CACHE["noises", paths] = [_load_16k(p, rate) for p in paths]
+        _WORKER_CACHE["noises", paths] = [load_resampled(p, rate) for p in paths]
     return _WORKER_CACHE["noises", paths]
 
 
@@ -140,7 +145,7 @@ def build_features(
     """Rasters for ``clips`` (from the cache when present)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     noise_paths = tuple(c.path for c in noise_clips)
-    extra = [seed, [str(p) for p in noise_paths]] if augmented else []
+    extra = [seed, [str(p) for p in noise_paths], asdict(spec.augmentation)] if augmented else []
     path = cache_dir / f"{description}-{spec.key(clips, augmented, band_limited, extra)}.npz"
     labels = np.array([vocabulary.index(c.label) for c in clips], np.int64)
     if path.exists():
@@ -246,6 +251,7 @@ def save_pack(
         "version": PACK_VERSION,
         "frontend": spec.frontend.to_dict(),
         "bin_ms": spec.bin_ms,
+        "augmentation": asdict(spec.augmentation),
         "vocabulary": list(vocabulary),
         "summaries": summaries,
     }

@@ -29,6 +29,7 @@ from audio_frontend.cochlea import CochleaConfig
 from models.model_file import ModelBundle
 from models.network import Classifier, NetworkConfig
 from models.vocabulary import DEFAULT_VOCABULARY
+from training.augment import AugmentConfig
 from training.data import DataError, describe, discover, split_by_speaker
 from training.evaluate import run_network
 from training.features import FeatureSet, FeatureSpec, build_features, load_pack
@@ -51,6 +52,7 @@ class TrainConfig:
     channels: int = 64
     bin_ms: float = 20.0
     variants: int = 3
+    speech_level_dbfs: tuple[float, float] | None = None  # see AugmentConfig
     early_weight: float = 0.0  # measured: 0.3 (with the rate bounds) stalled learning here
     rate_weight: float = 0.5
     tau_u_ms: tuple[float, float] = (50.0, 250.0)  # membrane time constants: init range and clamp
@@ -61,7 +63,9 @@ class TrainConfig:
     max_channel_shift: int = 0  # ... and the whole spectrum moved by up to this many channels
     distill_weight: float = 0.0  # share of the clip loss given to the teacher's soft targets
     temperature: float = 2.0
-    teacher_targets: str = "batch"  # or "cached": once per stored clip variant (cheap on a CPU)
+    # "batch": the teacher on every augmented batch; "cached": once per stored clip variant
+    # (cheap on a CPU); "clean": once per clip, on its clean copy, for all its variants
+    teacher_targets: str = "batch"
     teachers: tuple[str, ...] = ()  # trained teacher files (an ensemble); trained first when none
     teacher_epochs: int = 30
     teacher_width: int = 32  # 16 trains 5x faster on a CPU, for a somewhat weaker teacher
@@ -310,13 +314,22 @@ def train_teacher(
     return teacher.eval(), accuracy
 
 
+def feature_spec(config: TrainConfig) -> FeatureSpec:
+    """The features a run (or a pack for it) is made of."""
+    return FeatureSpec(
+        CochleaConfig(channels=config.channels),
+        config.bin_ms,
+        config.variants,
+        AugmentConfig(speech_level_dbfs=config.speech_level_dbfs),
+    )
+
+
 def _start_run(config: TrainConfig) -> tuple[torch.device, dict, FeatureSet, FeatureSet]:
     """Seeds, threads and device of a run, and its features (with their summaries)."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = FeatureSpec(CochleaConfig(channels=config.channels), config.bin_ms, config.variants)
-    return device, *load_features(config, spec)
+    return device, *load_features(config, feature_spec(config))
 
 
 def fit_teacher(config: TrainConfig) -> tuple[Path, float]:
@@ -390,8 +403,12 @@ def train(config: TrainConfig) -> ModelBundle:
             teacher, teacher_accuracy = train_teacher(config, train_set, val_set, device)
             teacher.save(out.with_suffix(".teacher.pt"))
     cached_targets = None
-    if teacher is not None and config.teacher_targets == "cached":
-        cached_targets = cached_teacher_targets(teacher, train_set.rasters, config.cache_dir)
+    if teacher is not None and config.teacher_targets in ("cached", "clean"):
+        # The clean copy is where the teacher is surest of what was said: its targets
+        # then teach the student the word under every augmentation of that copy.
+        clean_only = config.teacher_targets == "clean"
+        stored = train_set.rasters[:, :1] if clean_only else train_set.rasters
+        cached_targets = cached_teacher_targets(teacher, stored, config.cache_dir)
     network = Classifier(
         NetworkConfig(
             n_inputs=config.channels,
@@ -445,7 +462,8 @@ def train(config: TrainConfig) -> ModelBundle:
                 loss = clip_loss(evidence, y, config.early_weight)
                 if teacher is not None:
                     if cached_targets is not None:
-                        targets = torch.from_numpy(cached_targets[indices, variants]).to(device)
+                        stored = variants if cached_targets.shape[1] > 1 else 0
+                        targets = torch.from_numpy(cached_targets[indices, stored]).to(device)
                     else:
                         with torch.no_grad():
                             targets = teacher(x)
