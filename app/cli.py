@@ -586,10 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--teacher-targets",
-        choices=("batch", "cached", "clean"),
+        choices=("batch", "cached"),
         default="batch",
-        help="teacher outputs per augmented batch, once per stored clip variant (cheap on CPU), "
-        "or once per clip on its clean copy, for all its variants",
+        help="teacher outputs per augmented batch, or once per stored clip variant (cheap on CPU)",
     )
     p.add_argument(
         "--teacher-only",

@@ -21,7 +21,11 @@ Run from the repository root::
     python benchmarks/robustness.py --data ../shared/data/speech_commands \\
         --data ../shared/data/fsdd [--model MODEL] [--out-dir DIR] [--json]
 
-It writes ``robustness.json`` and ``robustness.png`` to ``--out-dir``.
+It writes ``robustness.json`` and ``robustness.png`` to ``--out-dir``.  ``--levels``
+instead prints the speech level of every clip in ``--data`` (both parts of the split):
+per source the median and 10th-90th percentiles, per speaker for sources with few
+speakers.  A class whose recordings are quieter than the others' lets a model take
+loudness for a cue.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import scipy.signal
+from rich.console import Console
+from rich.progress import track
 
 from models.model_file import DEFAULT_MODEL_PATH, load_model
 from models.recognizer import Recognizer
 from models.vocabulary import is_word
-from training.augment import place
+from training.augment import active_level_dbfs, place
 from training.data import discover, split_by_speaker
 from training.evaluate import evaluate_rasters
 from training.features import (
@@ -53,6 +59,7 @@ from training.features import (
 )
 
 RATE = 16000
+FEW_SPEAKERS = 10
 CONDITIONS = (
     "clean",
     "gain -30 dB",
@@ -116,6 +123,24 @@ def _worker(job: tuple) -> tuple[int, np.ndarray | None]:
     return index, np.stack(rasters)
 
 
+def print_levels(clips: list) -> None:
+    """Median and 10th-90th percentile speech level per source, and per speaker for
+    sources with at most ``FEW_SPEAKERS``."""
+    by_source: dict[str, dict[str, list[float]]] = {}
+    for clip in track(clips, description="speech levels", console=Console(stderr=True)):
+        level = active_level_dbfs(load_resampled(clip.path, RATE), RATE)
+        by_source.setdefault(clip.source, {}).setdefault(clip.speaker, []).append(level)
+    print("| source / speaker | clips | median | 10th-90th percentile | (dBFS) |")
+    print("|---|---|---|---|---|")
+    for source, speakers in sorted(by_source.items()):
+        rows = [(source, [v for levels in speakers.values() for v in levels])]
+        if len(speakers) <= FEW_SPEAKERS:
+            rows += sorted(speakers.items())
+        for name, levels in rows:
+            low, median, high = np.percentile(levels, [10, 50, 90])
+            print(f"| {name} | {len(levels)} | {median:.1f} | {low:.1f} to {high:.1f} | |")
+
+
 def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -149,12 +174,16 @@ def main() -> None:
     parser.add_argument("--out-dir", default="benchmarks/robustness", type=Path)
     parser.add_argument("--workers", type=int, help="cochlea processes (default: all cores)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--levels", action="store_true", help="print speech levels, then stop")
     args = parser.parse_args()
 
     bundle = load_model(args.model)
     clips = []
     for root in args.data:
         clips += discover(root, bundle.vocabulary)
+    if args.levels:
+        print_levels([c for c in clips if c.index < 0 and c.label != "_silence_"])
+        return
     _, clips = split_by_speaker(clips)
     clips = [c for c in clips if not c.synthetic and c.index < 0]  # audio clips only
     if not clips:

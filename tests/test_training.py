@@ -89,13 +89,6 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     np.testing.assert_allclose(
         cached_teacher_targets(ensemble, train.rasters, cache), np.mean(members, 0), rtol=1e-6
     )
-    # Targets from each clip's clean copy only: one per clip, for all its variants.
-    clean = tmp_path / "clean.pt"
-    args = ["--features", str(pack), "--out", str(clean), "--epochs", "1", "--batch-size", "2"]
-    args += ["--distill", "0.5", "--teacher", str(model.with_suffix(".teacher.pt"))]
-    assert main(["train", *args, "--teacher-targets", "clean", "--cache-dir", cache]) == 0
-    shapes = {np.load(f).shape for f in (tmp_path / "cache").glob("teacher-targets-*.npy")}
-    assert (len(train.labels), 1, len(DEFAULT_VOCABULARY)) in shapes
     student = load_model(reused)
     assert student.network.config.input_delays == (0, 3)
     assert student.network.config.input_conv == (8, 5, 2)

@@ -3,7 +3,7 @@
 Every clip of every class is band-limited to 4 kHz at random, so that the FSDD
 digits (recorded at 8 kHz) cannot be told apart from the 16 kHz command words by
 bandwidth alone.  Level can betray the class too: two of the five FSDD training
-speakers speak 15-20 dB below the Speech Commands median, and a model trained with
+speakers speak 16-22 dB below the Speech Commands median, and a model trained with
 gains relative to each recording learned that quiet means digit
 (``benchmarks/robustness.py``).  ``speech_level_dbfs`` sets every variant to a random
 absolute speech level instead.

@@ -63,9 +63,7 @@ class TrainConfig:
     max_channel_shift: int = 0  # ... and the whole spectrum moved by up to this many channels
     distill_weight: float = 0.0  # share of the clip loss given to the teacher's soft targets
     temperature: float = 2.0
-    # "batch": the teacher on every augmented batch; "cached": once per stored clip variant
-    # (cheap on a CPU); "clean": once per clip, on its clean copy, for all its variants
-    teacher_targets: str = "batch"
+    teacher_targets: str = "batch"  # or "cached": once per stored clip variant (cheap on a CPU)
     teachers: tuple[str, ...] = ()  # trained teacher files (an ensemble); trained first when none
     teacher_epochs: int = 30
     teacher_width: int = 32  # 16 trains 5x faster on a CPU, for a somewhat weaker teacher
@@ -403,12 +401,8 @@ def train(config: TrainConfig) -> ModelBundle:
             teacher, teacher_accuracy = train_teacher(config, train_set, val_set, device)
             teacher.save(out.with_suffix(".teacher.pt"))
     cached_targets = None
-    if teacher is not None and config.teacher_targets in ("cached", "clean"):
-        # The clean copy is where the teacher is surest of what was said: its targets
-        # then teach the student the word under every augmentation of that copy.
-        clean_only = config.teacher_targets == "clean"
-        stored = train_set.rasters[:, :1] if clean_only else train_set.rasters
-        cached_targets = cached_teacher_targets(teacher, stored, config.cache_dir)
+    if teacher is not None and config.teacher_targets == "cached":
+        cached_targets = cached_teacher_targets(teacher, train_set.rasters, config.cache_dir)
     network = Classifier(
         NetworkConfig(
             n_inputs=config.channels,
@@ -462,8 +456,7 @@ def train(config: TrainConfig) -> ModelBundle:
                 loss = clip_loss(evidence, y, config.early_weight)
                 if teacher is not None:
                     if cached_targets is not None:
-                        stored = variants if cached_targets.shape[1] > 1 else 0
-                        targets = torch.from_numpy(cached_targets[indices, stored]).to(device)
+                        targets = torch.from_numpy(cached_targets[indices, variants]).to(device)
                     else:
                         with torch.no_grad():
                             targets = teacher(x)
