@@ -74,7 +74,8 @@ def augment(
     audio = place(audio, length, rng)
     if rng.random() < config.band_limit_probability:
         audio = band_limit(audio, rate)
-    speech_level = active_level_dbfs(audio, rate)
+    # Measured before the noise is added: the level set below is the speech's.
+    speech_level = active_level_dbfs(audio, rate) if config.speech_level_dbfs else 0.0
     if noises and rng.random() < config.noise_probability:
         noise = noises[rng.integers(len(noises))]
         noise = np.resize(np.roll(noise, rng.integers(len(noise))), length)
