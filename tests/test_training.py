@@ -17,7 +17,7 @@ from models.network import Classifier, NetworkConfig
 from models.vocabulary import DEFAULT_VOCABULARY
 from tests.conftest import FIXTURES
 from training.augment import AugmentConfig, active_level_dbfs, augment
-from training.evaluate import train_command
+from training.evaluate import card_markdown, train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import TeacherEnsemble
 from training.train import cached_teacher_targets
@@ -187,8 +187,8 @@ def test_batch_shifts_fill_with_zeros(shift):
         assert np.array_equal(moved[:, k], row[:, source] if 0 <= source < 8 else np.zeros(5))
 
 
-def _tiny_pack(path, bin_ms: float = 20.0) -> None:
-    spec = FeatureSpec(CochleaConfig(), bin_ms, 0)
+def _tiny_pack(path, bin_ms: float = 20.0, augmentation: AugmentConfig | None = None) -> None:
+    spec = FeatureSpec(CochleaConfig(), bin_ms, 0, augmentation or AugmentConfig())
     rng = np.random.default_rng(0)
     part = FeatureSet(
         rng.integers(0, 5, (4, 1, spec.n_bins, 64)).astype(np.uint8),
@@ -210,6 +210,7 @@ def _tiny_pack(path, bin_ms: float = 20.0) -> None:
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
         (["--channel-shift", "-1"], "--channel-shift"),
         (["--speech-level-dbfs", "-12", "-45"], "--speech-level-dbfs"),
+        (["--speech-level-dbfs", "-40", "-10"], "this one was made without it"),
     ],
 )
 def test_training_bad_input(tmp_path, extra, message):
@@ -236,6 +237,20 @@ def test_training_bad_input(tmp_path, extra, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_from_a_pack_records_the_packs_speech_levels(tmp_path):
+    """The levels are fixed when the pack is made: the card's commands put them on
+    ``spikeear features``, where a rerun has to give them."""
+    pack, model = tmp_path / "pack.npz", tmp_path / "m.pt"
+    _tiny_pack(pack, augmentation=AugmentConfig(speech_level_dbfs=(-45.0, -12.0)))
+    argv = ["train", "--features", str(pack), "--out", str(model), "--epochs", "1"]
+    assert main([*argv, "--hidden", "8", "--batch-size", "2"]) == 0
+    bundle = load_model(model)
+    assert tuple(bundle.card["training"]["speech_level_dbfs"]) == (-45.0, -12.0)
+    card = card_markdown(bundle)
+    assert "`spikeear features --speech-level-dbfs -45 -12 --data ...`" in card
+    assert "--speech-level-dbfs" not in train_command(bundle.card["training"])
 
 
 def test_a_file_that_is_not_a_pack_is_refused(tmp_path):

@@ -351,6 +351,21 @@ _TRAIN_FLAGS = {
 }
 
 
+# Of those, the settings a feature pack fixes when it is made.
+_FEATURE_FLAGS = ("speech_level_dbfs",)
+
+
+def features_command(training: dict) -> str:
+    """The ``spikeear features`` command that made a run's pack (empty when it had none)."""
+    if not training.get("features"):
+        return ""
+    words = ["spikeear features"]
+    for key in _FEATURE_FLAGS:
+        if training.get(key):
+            words.append(f"{_TRAIN_FLAGS[key]} " + " ".join(f"{v:g}" for v in training[key]))
+    return " ".join([*words, "--data ..."])
+
+
 def train_command(training: dict) -> str:
     """The ``spikeear train`` command line that a card's training settings describe."""
     from training.train import TrainConfig  # training code, needed only to write cards
@@ -372,6 +387,8 @@ def train_command(training: dict) -> str:
     if training.get("early_weight"):
         words.append(f"--early-weight {training['early_weight']}")
     for key, flag in _TRAIN_FLAGS.items():
+        if key in _FEATURE_FLAGS and training.get("features"):
+            continue  # the pack's setting, on its own command (features_command)
         value = training.get(key)
         values = tuple(value) if isinstance(value, list | tuple) else (value,)
         if value is None or value == getattr(defaults, key) or values == getattr(defaults, key):
@@ -400,7 +417,7 @@ def card_markdown(bundle: ModelBundle) -> str:
         "## Training",
         "",
         (
-            "`spikeear features --data ...` (the sources below), then "
+            f"`{features_command(training)}` (the sources below), then "
             if training.get("features")
             else ""
         )

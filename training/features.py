@@ -267,15 +267,23 @@ def save_pack(
     )
 
 
-def load_pack(path: str | Path) -> tuple[dict, FeatureSet, FeatureSet]:
-    """``(meta, train, val)`` from :func:`save_pack`'s file."""
+def pack_meta(path: str | Path) -> dict:
+    """A feature pack's description (front end, bins, augmentation, vocabulary, data
+    summaries), read without its rasters."""
     try:
-        data = np.load(path)
-        meta = json.loads(str(data["meta"]))
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"{path}: not a spikeear feature pack ({error})") from None
     if meta.get("version") != PACK_VERSION:
         raise DataError(f"{path}: feature pack version {meta.get('version')}, need {PACK_VERSION}")
+    return meta
+
+
+def load_pack(path: str | Path) -> tuple[dict, FeatureSet, FeatureSet]:
+    """``(meta, train, val)`` from :func:`save_pack`'s file."""
+    meta = pack_meta(path)
+    data = np.load(path)
     train, val = (
         FeatureSet(data[f"{part}_rasters"], data[f"{part}_labels"], data[f"{part}_ok"])
         for part in ("train", "val")

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from models.vocabulary import DEFAULT_VOCABULARY
 from training.augment import AugmentConfig
 from training.data import DataError, describe, discover, split_by_speaker
 from training.evaluate import run_network
-from training.features import FeatureSet, FeatureSpec, build_features, load_pack
+from training.features import FeatureSet, FeatureSpec, build_features, load_pack, pack_meta
 from training.teacher import ConvTeacher, TeacherEnsemble, distillation_loss
 
 
@@ -322,18 +322,38 @@ def feature_spec(config: TrainConfig) -> FeatureSpec:
     )
 
 
-def _start_run(config: TrainConfig) -> tuple[torch.device, dict, FeatureSet, FeatureSet]:
-    """Seeds, threads and device of a run, and its features (with their summaries)."""
+def adopt_pack_augmentation(config: TrainConfig) -> TrainConfig:
+    """A run from a feature pack trains on the augmentation the pack was made with, and
+    its model card should say so."""
+    if not config.features:
+        return config
+    level = pack_meta(config.features).get("augmentation", {}).get("speech_level_dbfs")
+    level = tuple(level) if level else None
+    if config.speech_level_dbfs not in (None, level):
+        made = f"with --speech-level-dbfs {level[0]:g} {level[1]:g}" if level else "without it"
+        raise DataError(
+            f"{config.features}: --speech-level-dbfs is fixed when a pack is made, "
+            f"and this one was made {made}"
+        )
+    return replace(config, speech_level_dbfs=level)
+
+
+def _start_run(
+    config: TrainConfig,
+) -> tuple[TrainConfig, torch.device, dict, FeatureSet, FeatureSet]:
+    """A run's settings (with its pack's), seeds, threads and device, and its features
+    (with their summaries)."""
+    config = adopt_pack_augmentation(config)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device, *load_features(config, feature_spec(config))
+    return config, device, *load_features(config, feature_spec(config))
 
 
 def fit_teacher(config: TrainConfig) -> tuple[Path, float]:
     """Train only a teacher (to build an ensemble from several runs); it is written
     next to ``config.out`` as ``<out>.teacher.pt``."""
-    device, _, train_set, val_set = _start_run(config)
+    config, device, _, train_set, val_set = _start_run(config)
     teacher, accuracy = train_teacher(config, train_set, val_set, device, config.time_budget_s)
     path = Path(config.out).with_suffix(".teacher.pt")
     teacher.save(path)
@@ -387,7 +407,7 @@ def cached_teacher_targets(
 
 
 def train(config: TrainConfig) -> ModelBundle:
-    device, summaries, train_set, val_set = _start_run(config)
+    config, device, summaries, train_set, val_set = _start_run(config)
     rng = np.random.default_rng(config.seed)
     out = Path(config.out)
     teacher, teacher_accuracy = None, None
