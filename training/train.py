@@ -210,15 +210,8 @@ def load_datasets(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, Feature
 
 def load_features(config: TrainConfig, spec: FeatureSpec) -> tuple[dict, FeatureSet, FeatureSet]:
     """Features from a pack when ``config.features`` names one, else from the data folders."""
-    if config.features:
+    if config.features:  # checked against the run by ``adopt_pack``
         meta, train, val = load_pack(config.features)
-        made_for = (meta["frontend"].get("channels"), meta["bin_ms"], tuple(meta["vocabulary"]))
-        wanted = (spec.frontend.channels, spec.bin_ms, config.vocabulary)
-        if made_for != wanted:
-            raise DataError(
-                f"{config.features}: made for channels, bin width and vocabulary {made_for}, "
-                f"this run needs {wanted}"
-            )
         summaries = meta["summaries"]
     else:
         summaries, train, val = load_datasets(config, spec)
@@ -322,12 +315,21 @@ def feature_spec(config: TrainConfig) -> FeatureSpec:
     )
 
 
-def adopt_pack_augmentation(config: TrainConfig) -> TrainConfig:
-    """A run from a feature pack trains on the augmentation the pack was made with, and
-    its model card should say so."""
+def adopt_pack(config: TrainConfig) -> TrainConfig:
+    """A run from a feature pack: the pack must be made for the run's channels, bin width
+    and vocabulary, and the run trains on the augmentation the pack was made with (which
+    its model card should say)."""
     if not config.features:
         return config
-    level = pack_meta(config.features).get("augmentation", {}).get("speech_level_dbfs")
+    meta = pack_meta(config.features)
+    made_for = (meta["frontend"].get("channels"), meta["bin_ms"], tuple(meta["vocabulary"]))
+    wanted = (config.channels, config.bin_ms, config.vocabulary)
+    if made_for != wanted:
+        raise DataError(
+            f"{config.features}: made for channels, bin width and vocabulary {made_for}, "
+            f"this run needs {wanted}"
+        )
+    level = meta.get("augmentation", {}).get("speech_level_dbfs")
     level = tuple(level) if level else None
     if config.speech_level_dbfs not in (None, level):
         made = f"with --speech-level-dbfs {level[0]:g} {level[1]:g}" if level else "without it"
@@ -343,7 +345,7 @@ def _start_run(
 ) -> tuple[TrainConfig, torch.device, dict, FeatureSet, FeatureSet]:
     """A run's settings (with its pack's), seeds, threads and device, and its features
     (with their summaries)."""
-    config = adopt_pack_augmentation(config)
+    config = adopt_pack(config)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
