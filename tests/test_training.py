@@ -19,7 +19,7 @@ from tests.conftest import FIXTURES
 from training.augment import AugmentConfig, active_level_dbfs, augment
 from training.evaluate import card_markdown, train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
-from training.teacher import TeacherEnsemble
+from training.teacher import ARCHITECTURES, ConvTeacher, TeacherEnsemble
 from training.train import cached_teacher_targets
 
 
@@ -63,10 +63,12 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     assert len(log) == 2
     assert model.with_suffix(".teacher.pt").exists()
 
-    # A second teacher on its own, then a student with a delay line distilled from
-    # both teachers as an ensemble, reusing them instead of training one.
+    # A second teacher on its own (the pooled residual kind), then a student with a
+    # delay line distilled from both teachers as an ensemble, reusing them instead of
+    # training one.
     second = tmp_path / "second.pt"
     args = ["--features", str(pack), "--out", str(second), "--batch-size", "2", "--seed", "1"]
+    args += ["--teacher-arch", "res"]
     assert main(["train", *args, "--teacher-only", "--teacher-epochs", "1"]) == 0
     assert "teacher, validation accuracy" in capsys.readouterr().out
     assert second.with_suffix(".teacher.pt").exists() and not second.exists()
@@ -84,6 +86,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     ensemble = TeacherEnsemble.load(
         [model.with_suffix(".teacher.pt"), second.with_suffix(".teacher.pt")], torch.device("cpu")
     )
+    assert [t.arch for t in ensemble.members] == ["vgg", "res"]
     members = [cached_teacher_targets(t, train.rasters, cache) for t in ensemble.members]
     assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 2
     np.testing.assert_allclose(
@@ -105,6 +108,23 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     ):
         assert flags in command
     assert "--shift-ms" not in command  # defaults are left out
+
+
+def test_teacher_files_keep_their_architecture(tmp_path):
+    counts = torch.rand(3, 50, 64) * 4
+    for arch in ARCHITECTURES:
+        teacher = ConvTeacher(22, width=4, arch=arch).eval()
+        teacher.save(tmp_path / f"{arch}.pt")
+        loaded = ConvTeacher.load(tmp_path / f"{arch}.pt", torch.device("cpu"))
+        assert loaded.arch == arch
+        torch.testing.assert_close(loaded(counts), teacher(counts))
+    # Teacher files from before the choice existed hold no "arch": they are all vgg.
+    saved = torch.load(tmp_path / "vgg.pt", weights_only=True)
+    del saved["arch"]
+    torch.save(saved, tmp_path / "old.pt")
+    assert ConvTeacher.load(tmp_path / "old.pt", torch.device("cpu")).arch == "vgg"
+    with pytest.raises(ValueError, match="unknown teacher architecture"):
+        ConvTeacher(22, arch="transformer")
 
 
 def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ARCHITECTURES = ("vgg", "res")
+
 
 def _block(n_in: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(
@@ -23,22 +25,70 @@ def _block(n_in: int, n_out: int) -> nn.Sequential:
     )
 
 
+class _Residual(nn.Module):
+    """Two 3x3 convolutions around a shortcut (a 1x1 projection when widths differ)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(n_in, n_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(n_out),
+            nn.ReLU(),
+            nn.Conv2d(n_out, n_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(n_out),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if n_in == n_out
+            else nn.Sequential(nn.Conv2d(n_in, n_out, 1, bias=False), nn.BatchNorm2d(n_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+def _vgg(width: int) -> tuple[nn.Module, int]:
+    """Pairs of 3x3 convolutions at full resolution first: the stronger, dearer one."""
+    features = nn.Sequential(
+        _block(1, width),
+        nn.MaxPool2d(2),
+        _block(width, 2 * width),
+        nn.MaxPool2d(2),
+        _block(2 * width, 4 * width),
+        nn.MaxPool2d(2),
+        _block(4 * width, 4 * width),
+    )
+    return features, 4 * width
+
+
+def _res(width: int) -> tuple[nn.Module, int]:
+    """One convolution at full resolution, then residual blocks on a pooled image
+    (as res8 does for keyword spotting): about a third of ``vgg``'s multiplies at the
+    same width, so a CPU can afford the epochs a teacher needs."""
+    features = nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        _Residual(width, width),
+        nn.AvgPool2d(2),
+        _Residual(width, 2 * width),
+        nn.AvgPool2d(2),
+        _Residual(2 * width, 2 * width),
+    )
+    return features, 2 * width
+
+
 class ConvTeacher(nn.Module):
     """Spike counts ``[batch, bins, channels]`` -> class logits ``[batch, classes]``."""
 
-    def __init__(self, n_classes: int, width: int = 32) -> None:
+    def __init__(self, n_classes: int, width: int = 32, arch: str = "vgg") -> None:
         super().__init__()
-        self.n_classes, self.width = n_classes, width
-        self.features = nn.Sequential(
-            _block(1, width),
-            nn.MaxPool2d(2),
-            _block(width, 2 * width),
-            nn.MaxPool2d(2),
-            _block(2 * width, 4 * width),
-            nn.MaxPool2d(2),
-            _block(4 * width, 4 * width),
-        )
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(4 * width, n_classes))
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown teacher architecture {arch!r} (one of {ARCHITECTURES})")
+        self.n_classes, self.width, self.arch = n_classes, width, arch
+        self.features, n_features = (_vgg if arch == "vgg" else _res)(width)
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(n_features, n_classes))
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
         image = torch.log1p(counts).transpose(1, 2)[:, None]  # [batch, 1, channels, bins]
@@ -46,13 +96,20 @@ class ConvTeacher(nn.Module):
 
     def save(self, path) -> None:
         torch.save(
-            {"n_classes": self.n_classes, "width": self.width, "state": self.state_dict()}, path
+            {
+                "n_classes": self.n_classes,
+                "width": self.width,
+                "arch": self.arch,
+                "state": self.state_dict(),
+            },
+            path,
         )
 
     @classmethod
     def load(cls, path, device: torch.device) -> ConvTeacher:
         saved = torch.load(path, map_location=device, weights_only=True)
-        teacher = cls(saved["n_classes"], saved["width"]).to(device)
+        # teachers saved before there was a choice are all "vgg"
+        teacher = cls(saved["n_classes"], saved["width"], saved.get("arch", "vgg")).to(device)
         teacher.load_state_dict(saved["state"])
         return teacher.eval()
 
