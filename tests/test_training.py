@@ -62,13 +62,17 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     log = [line for line in model.with_suffix(".log.jsonl").read_text().splitlines() if line]
     assert len(log) == 2
     assert model.with_suffix(".teacher.pt").exists()
+    arch = bundle.card["training"]["teacher_arch"]
+    assert f"--teacher-epochs 1 --teacher-width 32 --teacher-arch {arch}" in train_command(
+        bundle.card["training"]
+    )
 
-    # A second teacher on its own (the pooled residual kind), then a student with a
+    # A second teacher on its own (the full-resolution kind), then a student with a
     # delay line distilled from both teachers as an ensemble, reusing them instead of
     # training one.
     second = tmp_path / "second.pt"
     args = ["--features", str(pack), "--out", str(second), "--batch-size", "2", "--seed", "1"]
-    args += ["--teacher-arch", "res"]
+    args += ["--teacher-arch", "vgg"]
     assert main(["train", *args, "--teacher-only", "--teacher-epochs", "1"]) == 0
     assert "teacher, validation accuracy" in capsys.readouterr().out
     assert second.with_suffix(".teacher.pt").exists() and not second.exists()
@@ -86,7 +90,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     ensemble = TeacherEnsemble.load(
         [model.with_suffix(".teacher.pt"), second.with_suffix(".teacher.pt")], torch.device("cpu")
     )
-    assert [t.arch for t in ensemble.members] == ["vgg", "res"]
+    assert [t.arch for t in ensemble.members] == ["res", "vgg"]
     members = [cached_teacher_targets(t, train.rasters, cache) for t in ensemble.members]
     assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 2
     np.testing.assert_allclose(

@@ -384,6 +384,8 @@ def train_command(training: dict) -> str:
         else:
             words.append(f"--teacher-epochs {training.get('teacher_epochs')}")
             words.append(f"--teacher-width {training.get('teacher_width', 32)}")
+            # cards from before the choice existed were all trained with the vgg teacher
+            words.append(f"--teacher-arch {training.get('teacher_arch', 'vgg')}")
     if training.get("early_weight"):
         words.append(f"--early-weight {training['early_weight']}")
     for key, flag in _TRAIN_FLAGS.items():

@@ -11,7 +11,7 @@ R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null
 for spec in "T1 64 11" "T2 64 12" "T3 48 13" "T4 32 14"; do
   set -- $spec
-  python3 -m app.cli train --features $PACK --out $R/$1.pt --teacher-only --teacher-width $2 --seed $3 --teacher-epochs 80 --time-budget-min $TB > $R/$1.out 2>&1 &
+  python3 -m app.cli train --features $PACK --out $R/$1.pt --teacher-only --teacher-arch vgg --teacher-width $2 --seed $3 --teacher-epochs 80 --time-budget-min $TB > $R/$1.out 2>&1 &
 done
 wait; echo "teachers done $(( $(date +%s) - T0 )) s"; grep -h "teacher, validation" $R/T*.out
 TEACH=""; for t in $R/T*.teacher.pt; do TEACH="$TEACH --teacher $t"; done
