@@ -14,6 +14,7 @@ from app.mic import add_mic_arguments
 from audio_frontend.audio_io import AudioError
 from models.model_file import ModelFileError
 from models.network import KINDS
+from training.augment import DEFAULT_SPEECH_LEVEL_DBFS
 from training.data import DataError
 from training.teacher import ARCHITECTURES
 
@@ -78,8 +79,12 @@ def _train_config(args: argparse.Namespace, **extra):
     from training.train import TrainConfig
 
     level = args.speech_level_dbfs
+    if level and args.relative_gain:
+        raise CliError("give either --speech-level-dbfs or --relative-gain")
     if level and not level[0] <= level[1] < 0:
         raise CliError("--speech-level-dbfs needs LOW <= HIGH < 0 (dB full scale)")
+    if not level and not args.relative_gain and not getattr(args, "features", None):
+        level = DEFAULT_SPEECH_LEVEL_DBFS  # a pack's level is the pack's (checked in training)
     return TrainConfig(
         data=args.data or [],
         out=args.out,
@@ -428,8 +433,14 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
         type=float,
         nargs=2,
         metavar=("LOW", "HIGH"),
-        help="set each augmented copy to a random speech level in this range (e.g. -45 -12) "
-        "instead of a gain of -20..+8 dB relative to its recording",
+        help="set each augmented copy to a random speech level in this range (default -45 "
+        "-12; a run from a pack takes the pack's)",
+    )
+    p.add_argument(
+        "--relative-gain",
+        action="store_true",
+        help="give each augmented copy a gain of -20..+8 dB relative to its recording "
+        "instead of an absolute speech level",
     )
     p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
     p.add_argument(
@@ -517,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p, required=False)
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
     p.add_argument("--features", metavar="PACK", help="train from a feature pack instead of --data")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=74)
     p.add_argument("--resume", action="store_true", help="continue from MODEL's checkpoint")
     p.add_argument(
         "--kind",
@@ -525,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="spiking",
         help="hidden neurons: spiking (adLIF), analog or binary baselines",
     )
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="layer sizes")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256], help="layer sizes")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
         "--input-conv",
@@ -541,9 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--distill",
         type=float,
-        default=0.0,
+        default=0.7,
         metavar="WEIGHT",
-        help="share of the loss given to a convolutional teacher's soft targets (e.g. 0.7)",
+        help="share of the loss given to a convolutional teacher's soft targets (0: no teacher)",
     )
     p.add_argument(
         "--temperature",
@@ -571,9 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=("MIN", "MAX"),
             help=f"range of the spiking neurons' {what} time constants (initial and clamp)",
         )
-    p.add_argument("--shift-ms", type=float, default=300.0, help="batch-time random shift (max)")
-    p.add_argument("--time-mask-ms", type=float, default=200.0, help="time mask width (max)")
-    p.add_argument("--channel-mask", type=int, default=8, help="channel mask width (max)")
+    p.add_argument("--shift-ms", type=float, default=140.0, help="batch-time random shift (max)")
+    p.add_argument("--time-mask-ms", type=float, default=100.0, help="time mask width (max)")
+    p.add_argument("--channel-mask", type=int, default=4, help="channel mask width (max)")
     p.add_argument(
         "--channel-shift",
         type=int,
@@ -589,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--teacher-targets",
         choices=("batch", "cached"),
-        default="batch",
+        default="cached",
         help="teacher outputs per augmented batch, or once per stored clip variant (cheap on CPU)",
     )
     p.add_argument(

@@ -16,7 +16,12 @@ from models.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model
 from models.network import Classifier, NetworkConfig
 from models.vocabulary import DEFAULT_VOCABULARY
 from tests.conftest import FIXTURES
-from training.augment import AugmentConfig, active_level_dbfs, augment
+from training.augment import (
+    DEFAULT_SPEECH_LEVEL_DBFS,
+    AugmentConfig,
+    active_level_dbfs,
+    augment,
+)
 from training.evaluate import card_markdown, train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import ARCHITECTURES, ConvTeacher, TeacherEnsemble
@@ -49,6 +54,8 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     assert int((~train.ok).sum() + (~val.ok).sum()) == 1  # the unreadable clip, skipped
     assert train.rasters[train.ok].sum() > 0
     assert meta["summaries"]["train"]["speech_commands"]["speakers"] >= 1
+    # Absolute speech levels unless asked otherwise; the card's commands say which.
+    assert tuple(meta["augmentation"]["speech_level_dbfs"]) == DEFAULT_SPEECH_LEVEL_DBFS
 
     model = tmp_path / "student.pt"
     train_args = ["--features", str(pack), "--out", str(model), "--epochs", "2"]
@@ -108,10 +115,11 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
         "--input-conv 8 5 2",
         "--dropout 0.2",
         "--temperature 3",
-        "--teacher-targets cached",
+        "--distill 0.5",
     ):
         assert flags in command
-    assert "--shift-ms" not in command  # defaults are left out
+    for default in ("--shift-ms", "--teacher-targets"):
+        assert default not in command  # defaults are left out
 
 
 def test_teacher_files_keep_their_architecture(tmp_path):
@@ -229,7 +237,8 @@ def _tiny_pack(path, bin_ms: float = 20.0, augmentation: AugmentConfig | None = 
         (["--data", "{dir}"], "either --data folders or one --features pack"),
         (["--distill", "1.5"], "--distill"),
         (["--distill", "0.7", "--temperature", "0"], "--temperature"),
-        (["--teacher", "t.pt"], "--teacher needs --distill"),
+        (["--teacher", "t.pt", "--distill", "0"], "--teacher needs --distill"),
+        (["--relative-gain", "--speech-level-dbfs", "-40", "-10"], "either --speech-level"),
         (["--delays", "0", "-2"], "delays"),
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
         (["--channel-shift", "-1"], "--channel-shift"),
@@ -314,9 +323,13 @@ def test_training_on_an_shd_layout_spike_file(tmp_path):
     assert [c.label for c in clips] == ["yes", "no", "_unknown_", "stop"]
     assert {c.speaker for c in clips} == {"shd_train:0", "shd_train:1"}
     model = tmp_path / "m.pt"
-    argv = ["train", "--data", str(shd), "--out", str(model), "--epochs", "1"]
-    assert main([*argv, "--batch-size", "2", "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert load_model(model).card["data"]["train"]["shd_train"]["clips"] >= 1
+    argv = ["train", "--data", str(shd), "--out", str(model), "--epochs", "1", "--relative-gain"]
+    argv += ["--distill", "0", "--batch-size", "2", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    card = load_model(model).card
+    assert card["data"]["train"]["shd_train"]["clips"] >= 1
+    command = train_command(card["training"])
+    assert "--relative-gain" in command and "--distill 0 " in command
 
 
 def test_a_spike_file_with_more_channels_than_the_model_is_refused(tmp_path):

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+# The training copies' speech levels unless a run asks for relative gains: absolute levels
+# keep loudness from becoming a class cue (README, Results honestly).
+DEFAULT_SPEECH_LEVEL_DBFS = (-45.0, -12.0)
+
 
 @dataclass(frozen=True)
 class AugmentConfig:

@@ -345,25 +345,25 @@ _TRAIN_FLAGS = {
     "max_time_mask_ms": "--time-mask-ms",
     "max_channel_mask": "--channel-mask",
     "max_channel_shift": "--channel-shift",
-    "speech_level_dbfs": "--speech-level-dbfs",
     "teacher_targets": "--teacher-targets",
     "temperature": "--temperature",
 }
-
-
-# Of those, the settings a feature pack fixes when it is made.
-_FEATURE_FLAGS = ("speech_level_dbfs",)
 
 
 def features_command(training: dict) -> str:
     """The ``spikeear features`` command that made a run's pack (empty when it had none)."""
     if not training.get("features"):
         return ""
-    words = ["spikeear features"]
-    for key in _FEATURE_FLAGS:
-        if training.get(key):
-            words.append(f"{_TRAIN_FLAGS[key]} " + " ".join(f"{v:g}" for v in training[key]))
-    return " ".join([*words, "--data ..."])
+    return " ".join(["spikeear features", _level_flag(training), "--data ..."])
+
+
+def _level_flag(training: dict) -> str:
+    """How a run's training copies got their levels, as the flag that asks for it (the
+    default is absolute levels, so a run without them needs ``--relative-gain``)."""
+    level = training.get("speech_level_dbfs")
+    if not level:
+        return "--relative-gain"
+    return "--speech-level-dbfs " + " ".join(f"{v:g}" for v in level)
 
 
 def train_command(training: dict) -> str:
@@ -375,10 +375,12 @@ def train_command(training: dict) -> str:
     words += [f"--data {d}" for d in training.get("data", [])]
     if training.get("features"):  # a pack written by ``spikeear features`` from the sources below
         words.append(f"--features {Path(training['features']).name}")
+    else:  # a pack fixes the levels on its own command (features_command)
+        words.append(_level_flag(training))
     words += [f"--kind {training.get('kind', 'spiking')}"]
     words += ["--hidden " + " ".join(str(n) for n in training.get("hidden", []))]
+    words.append(f"--distill {training.get('distill_weight') or 0}")
     if training.get("distill_weight"):
-        words.append(f"--distill {training['distill_weight']}")
         if training.get("teachers"):
             words += [f"--teacher {Path(t).name}" for t in training["teachers"]]
         else:
@@ -389,8 +391,6 @@ def train_command(training: dict) -> str:
     if training.get("early_weight"):
         words.append(f"--early-weight {training['early_weight']}")
     for key, flag in _TRAIN_FLAGS.items():
-        if key in _FEATURE_FLAGS and training.get("features"):
-            continue  # the pack's setting, on its own command (features_command)
         value = training.get(key)
         values = tuple(value) if isinstance(value, list | tuple) else (value,)
         if value is None or value == getattr(defaults, key) or values == getattr(defaults, key):

@@ -40,12 +40,12 @@ from training.teacher import ConvTeacher, TeacherEnsemble, distillation_loss
 class TrainConfig:
     data: list[str]
     out: str
-    epochs: int = 40
+    epochs: int = 74
     batch_size: int = 128
     lr: float = 1e-2
     seed: int = 0
     kind: str = "spiking"
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (256, 256, 256)
     input_delays: tuple[int, ...] = (0,)  # bins; see NetworkConfig
     input_conv: tuple[int, int, int] | None = None  # (filters, taps, stride); see NetworkConfig
     dropout: float = 0.1  # on hidden spikes during training
@@ -57,13 +57,13 @@ class TrainConfig:
     rate_weight: float = 0.5
     tau_u_ms: tuple[float, float] = (50.0, 250.0)  # membrane time constants: init range and clamp
     tau_w_ms: tuple[float, float] = (300.0, 1200.0)  # adaptation time constants: the same
-    max_shift_ms: float = 300.0  # batch-time augmentation: random shift of the clip
-    max_time_mask_ms: float = 200.0  # ... a silenced stretch of time
-    max_channel_mask: int = 8  # ... and of neighbouring channels
+    max_shift_ms: float = 140.0  # batch-time augmentation: random shift of the clip
+    max_time_mask_ms: float = 100.0  # ... a silenced stretch of time
+    max_channel_mask: int = 4  # ... and of neighbouring channels
     max_channel_shift: int = 0  # ... and the whole spectrum moved by up to this many channels
-    distill_weight: float = 0.0  # share of the clip loss given to the teacher's soft targets
+    distill_weight: float = 0.7  # share of the clip loss given to the teacher's soft targets
     temperature: float = 2.0
-    teacher_targets: str = "batch"  # or "cached": once per stored clip variant (cheap on a CPU)
+    teacher_targets: str = "cached"  # once per stored clip variant (cheap on a CPU), or "batch"
     teachers: tuple[str, ...] = ()  # trained teacher files (an ensemble); trained first when none
     teacher_epochs: int = 80
     teacher_width: int = 32
