@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher-arch",
         choices=ARCHITECTURES,
         default="res",
-        help="teacher network: res (pooled residual blocks; 80 epochs at width 32 take ~36 "
+        help="teacher network: res (pooled residual blocks; 80 epochs at width 32 take ~28 "
         "minutes on one CPU core) or vgg (full-resolution convolutions, ~3x dearer)",
     )
     p.add_argument("--time-budget-min", type=float, help="fit the epochs into this many minutes")

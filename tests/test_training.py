@@ -58,16 +58,8 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     assert tuple(meta["augmentation"]["speech_level_dbfs"]) == DEFAULT_SPEECH_LEVEL_DBFS
 
     model = tmp_path / "student.pt"
-    train_args = [
-        "--features",
-        str(pack),
-        "--out",
-        str(model),
-        "--epochs",
-        "2",
-        "--cache-dir",
-        cache,
-    ]
+    train_args = ["--features", str(pack), "--out", str(model), "--epochs", "2"]
+    train_args += ["--cache-dir", cache]
     train_args += ["--batch-size", "2", "--distill", "0.5", "--teacher-epochs", "1"]
     assert main(["train", *train_args]) == 0
     assert "skipped 1 unreadable clips" in capsys.readouterr().out

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("vgg", "res")
-
 
 def _block(n_in: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(
@@ -30,13 +28,7 @@ class _Residual(nn.Module):
 
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(n_in, n_out, 3, padding=1, bias=False),
-            nn.BatchNorm2d(n_out),
-            nn.ReLU(),
-            nn.Conv2d(n_out, n_out, 3, padding=1, bias=False),
-            nn.BatchNorm2d(n_out),
-        )
+        self.body = _block(n_in, n_out)[:-1]  # the last ReLU comes after the sum
         self.shortcut = (
             nn.Identity()
             if n_in == n_out
@@ -79,6 +71,10 @@ def _res(width: int) -> tuple[nn.Module, int]:
     return features, 2 * width
 
 
+_ARCHITECTURES = {"vgg": _vgg, "res": _res}
+ARCHITECTURES = tuple(_ARCHITECTURES)
+
+
 class ConvTeacher(nn.Module):
     """Spike counts ``[batch, bins, channels]`` -> class logits ``[batch, classes]``."""
 
@@ -87,7 +83,7 @@ class ConvTeacher(nn.Module):
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown teacher architecture {arch!r} (one of {ARCHITECTURES})")
         self.n_classes, self.width, self.arch = n_classes, width, arch
-        self.features, n_features = (_vgg if arch == "vgg" else _res)(width)
+        self.features, n_features = _ARCHITECTURES[arch](width)
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(n_features, n_classes))
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
