@@ -76,6 +76,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _train_config(args: argparse.Namespace, **extra):
+    from training.features import pack_meta
     from training.train import TrainConfig
 
     level = args.speech_level_dbfs
@@ -83,14 +84,18 @@ def _train_config(args: argparse.Namespace, **extra):
         raise CliError("give either --speech-level-dbfs or --relative-gain")
     if level and not level[0] <= level[1] < 0:
         raise CliError("--speech-level-dbfs needs LOW <= HIGH < 0 (dB full scale)")
-    if not level and not args.relative_gain and not getattr(args, "features", None):
+    pack = getattr(args, "features", None)
+    if not level and not args.relative_gain and not pack:
         level = DEFAULT_SPEECH_LEVEL_DBFS  # a pack's level is the pack's (checked in training)
+    bin_ms = args.bin_ms
+    if bin_ms is None:
+        bin_ms = pack_meta(pack)["bin_ms"] if pack else TrainConfig.bin_ms
     return TrainConfig(
         data=args.data or [],
         out=args.out,
         channels=args.channels,
         seed=args.seed,
-        bin_ms=args.bin_ms,
+        bin_ms=bin_ms,
         variants=args.variants,
         speech_level_dbfs=tuple(level) if level else None,
         cache_dir=args.cache_dir,
@@ -442,7 +447,11 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
         help="give each augmented copy a gain of -20..+8 dB relative to its recording "
         "instead of an absolute speech level",
     )
-    p.add_argument("--bin-ms", type=float, default=20.0, help="time bin of the network step")
+    p.add_argument(
+        "--bin-ms",
+        type=float,
+        help="time bin of the network step (default 20; a run from a pack takes the pack's)",
+    )
     p.add_argument(
         "--cache-dir",
         default="cache",

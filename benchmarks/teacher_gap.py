@@ -53,7 +53,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     bundle = load_model(args.model)
-    teacher = TeacherEnsemble.load(args.teacher, torch.device("cpu"))
+    teacher = TeacherEnsemble.load(args.teacher, torch.device("cpu"), bundle.bin_ms)
     config = TrainConfig(
         data=args.data,
         out="unused",

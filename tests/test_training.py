@@ -22,7 +22,7 @@ from training.augment import (
     active_level_dbfs,
     augment,
 )
-from training.evaluate import card_markdown, train_command
+from training.evaluate import card_markdown, features_command, train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import ARCHITECTURES, ConvTeacher, TeacherEnsemble
 from training.train import cached_teacher_targets
@@ -138,6 +138,42 @@ def test_teacher_files_keep_their_architecture(tmp_path):
     assert ConvTeacher.load(tmp_path / "old.pt", torch.device("cpu")).arch == "vgg"
     with pytest.raises(ValueError, match="unknown teacher architecture"):
         ConvTeacher(22, arch="transformer")
+
+
+def test_a_run_from_a_pack_takes_its_bin_width(speech_folder, tmp_path, capsys):
+    pack = tmp_path / "fine.npz"
+    cache = str(tmp_path / "cache")
+    argv = ["--data", str(speech_folder), "--variants", "1", "--cache-dir", cache]
+    assert main(["features", *argv, "--bin-ms", "10", "--out", str(pack)]) == 0
+    assert load_pack(pack)[1].rasters.shape[2] == 100  # 1 s of 10 ms bins
+    model = tmp_path / "fine.pt"
+    args = ["--features", str(pack), "--out", str(model), "--epochs", "1", "--batch-size", "2"]
+    assert main(["train", *args, "--distill", "0", "--cache-dir", cache]) == 0
+    bundle = load_model(model)
+    assert bundle.bin_ms == 10
+    assert "--bin-ms 10" in features_command(bundle.card["training"])
+    # A width given on the command line must be the pack's.
+    assert main(["train", *args, "--distill", "0", "--bin-ms", "20"]) == 2
+    assert "made for channels, bin width" in capsys.readouterr().err
+
+
+def test_a_teacher_reads_finer_bins_by_summing_them(tmp_path):
+    """A teacher trained on 20 ms bins gives a 10 ms student the logits it gives the
+    same clips in 20 ms bins; bins that do not divide its own are refused."""
+    teacher = ConvTeacher(22, width=4, arch="res", bin_ms=20.0).eval()
+    teacher.save(tmp_path / "t.pt")
+    fine = torch.randint(0, 6, (3, 100, 64)).float()
+    coarse = fine.reshape(3, 50, 2, 64).sum(dim=2)
+    reading_fine = ConvTeacher.load(tmp_path / "t.pt", torch.device("cpu"), input_bin_ms=10.0)
+    assert reading_fine.bin_ms == 20.0
+    torch.testing.assert_close(reading_fine(fine), teacher(coarse))
+    with pytest.raises(ValueError, match="cannot read 15 ms bins"):
+        ConvTeacher.load(tmp_path / "t.pt", torch.device("cpu"), input_bin_ms=15.0)
+    # Files from before teachers recorded their bin width were trained on 20 ms bins.
+    saved = torch.load(tmp_path / "t.pt", weights_only=True)
+    del saved["bin_ms"]
+    torch.save(saved, tmp_path / "old.pt")
+    assert ConvTeacher.load(tmp_path / "old.pt", torch.device("cpu")).bin_ms == 20.0
 
 
 def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):

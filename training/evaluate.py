@@ -354,16 +354,24 @@ def features_command(training: dict) -> str:
     """The ``spikeear features`` command that made a run's pack (empty when it had none)."""
     if not training.get("features"):
         return ""
-    return " ".join(["spikeear features", _level_flag(training), "--data ..."])
+    return " ".join(["spikeear features", _feature_flags(training), "--data ..."])
 
 
-def _level_flag(training: dict) -> str:
-    """How a run's training copies got their levels, as the flag that asks for it (the
-    default is absolute levels, so a run without them needs ``--relative-gain``)."""
+def _feature_flags(training: dict) -> str:
+    """How a run's features were made, as the flags that ask for it: the training copies'
+    levels (the default is absolute levels, so a run without them needs
+    ``--relative-gain``) and the bin width when it is not the default."""
+    from training.train import TrainConfig  # training code, needed only to write cards
+
     level = training.get("speech_level_dbfs")
     if not level:
-        return "--relative-gain"
-    return "--speech-level-dbfs " + " ".join(f"{v:g}" for v in level)
+        flags = "--relative-gain"
+    else:
+        flags = "--speech-level-dbfs " + " ".join(f"{v:g}" for v in level)
+    bin_ms = training.get("bin_ms", TrainConfig.bin_ms)
+    if bin_ms != TrainConfig.bin_ms:
+        flags += f" --bin-ms {bin_ms:g}"
+    return flags
 
 
 def train_command(training: dict) -> str:
@@ -375,8 +383,8 @@ def train_command(training: dict) -> str:
     words += [f"--data {d}" for d in training.get("data", [])]
     if training.get("features"):  # a pack written by ``spikeear features`` from the sources below
         words.append(f"--features {Path(training['features']).name}")
-    else:  # a pack fixes the levels on its own command (features_command)
-        words.append(_level_flag(training))
+    else:  # a pack fixes these on its own command (features_command)
+        words.append(_feature_flags(training))
     words += [f"--kind {training.get('kind', 'spiking')}"]
     words += ["--hidden " + " ".join(str(n) for n in training.get("hidden", []))]
     words.append(f"--distill {training.get('distill_weight') or 0}")

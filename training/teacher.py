@@ -75,18 +75,44 @@ _ARCHITECTURES = {"vgg": _vgg, "res": _res}
 ARCHITECTURES = tuple(_ARCHITECTURES)
 
 
-class ConvTeacher(nn.Module):
-    """Spike counts ``[batch, bins, channels]`` -> class logits ``[batch, classes]``."""
+# Teachers saved before they recorded their bin width were all trained on 20 ms bins.
+LEGACY_BIN_MS = 20.0
 
-    def __init__(self, n_classes: int, width: int = 32, arch: str = "vgg") -> None:
+
+class ConvTeacher(nn.Module):
+    """Spike counts ``[batch, bins, channels]`` -> class logits ``[batch, classes]``.
+
+    The teacher sees counts in its own ``bin_ms``; counts in a finer bin that divides it
+    (``input_bin_ms``) are summed into its bins first, which is exact, so a teacher trained
+    on 20 ms bins teaches a student that runs on 10 ms bins of the same clips."""
+
+    def __init__(
+        self,
+        n_classes: int,
+        width: int = 32,
+        arch: str = "vgg",
+        bin_ms: float = LEGACY_BIN_MS,
+        input_bin_ms: float | None = None,
+    ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown teacher architecture {arch!r} (one of {ARCHITECTURES})")
-        self.n_classes, self.width, self.arch = n_classes, width, arch
+        input_bin_ms = input_bin_ms or bin_ms
+        self.pool = round(bin_ms / input_bin_ms)
+        if self.pool < 1 or abs(self.pool * input_bin_ms - bin_ms) > 1e-6:
+            raise ValueError(
+                f"a teacher trained on {bin_ms:g} ms bins cannot read {input_bin_ms:g} ms bins "
+                "(they must divide its own)"
+            )
+        self.n_classes, self.width, self.arch, self.bin_ms = n_classes, width, arch, bin_ms
         self.features, n_features = _ARCHITECTURES[arch](width)
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(n_features, n_classes))
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        if self.pool > 1:
+            batch, bins, channels = counts.shape
+            counts = F.pad(counts, (0, 0, 0, -bins % self.pool))
+            counts = counts.reshape(batch, -1, self.pool, channels).sum(dim=2)
         image = torch.log1p(counts).transpose(1, 2)[:, None]  # [batch, 1, channels, bins]
         return self.head(self.features(image).mean(dim=(2, 3)))
 
@@ -96,16 +122,23 @@ class ConvTeacher(nn.Module):
                 "n_classes": self.n_classes,
                 "width": self.width,
                 "arch": self.arch,
+                "bin_ms": self.bin_ms,
                 "state": self.state_dict(),
             },
             path,
         )
 
     @classmethod
-    def load(cls, path, device: torch.device) -> ConvTeacher:
+    def load(cls, path, device: torch.device, input_bin_ms: float | None = None) -> ConvTeacher:
+        """``input_bin_ms``: the bin width of the counts it will be given (default its own)."""
         saved = torch.load(path, map_location=device, weights_only=True)
-        # teachers saved before there was a choice are all "vgg"
-        teacher = cls(saved["n_classes"], saved["width"], saved.get("arch", "vgg")).to(device)
+        teacher = cls(
+            saved["n_classes"],
+            saved["width"],
+            saved.get("arch", "vgg"),  # teachers saved before there was a choice are all "vgg"
+            saved.get("bin_ms", LEGACY_BIN_MS),
+            input_bin_ms,
+        ).to(device)
         teacher.load_state_dict(saved["state"])
         return teacher.eval()
 
@@ -124,8 +157,10 @@ class TeacherEnsemble(nn.Module):
         return torch.stack([teacher(counts) for teacher in self.members]).mean(dim=0)
 
     @classmethod
-    def load(cls, paths: list, device: torch.device) -> TeacherEnsemble:
-        return cls([ConvTeacher.load(path, device) for path in paths]).eval()
+    def load(
+        cls, paths: list, device: torch.device, input_bin_ms: float | None = None
+    ) -> TeacherEnsemble:
+        return cls([ConvTeacher.load(path, device, input_bin_ms) for path in paths]).eval()
 
 
 def distillation_loss(

@@ -271,9 +271,9 @@ def train_teacher(
 ) -> tuple[ConvTeacher, float]:
     """Fit the convolutional teacher on the same augmented batches; returns it and
     its validation accuracy."""
-    teacher = ConvTeacher(len(config.vocabulary), config.teacher_width, config.teacher_arch).to(
-        device
-    )
+    teacher = ConvTeacher(
+        len(config.vocabulary), config.teacher_width, config.teacher_arch, config.bin_ms
+    ).to(device)
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=3e-3, weight_decay=1e-2)
     rng = np.random.default_rng(config.seed + 1)
     train_indices = np.flatnonzero(train_set.ok)
@@ -418,7 +418,7 @@ def train(config: TrainConfig) -> ModelBundle:
     teacher, teacher_accuracy = None, None
     if config.distill_weight:
         if config.teachers:
-            teacher = TeacherEnsemble.load(list(config.teachers), device)
+            teacher = TeacherEnsemble.load(list(config.teachers), device, config.bin_ms)
             teacher_accuracy = _accuracy(
                 teacher_probabilities(teacher, val_set.rasters[:, 0]), val_set
             )
