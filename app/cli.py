@@ -15,6 +15,7 @@ from audio_frontend.audio_io import AudioError
 from models.model_file import ModelFileError
 from models.network import KINDS
 from training.augment import DEFAULT_SPEECH_LEVEL_DBFS
+from training.config import TrainConfig
 from training.data import DataError
 from training.teacher import ARCHITECTURES
 
@@ -77,7 +78,6 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def _train_config(args: argparse.Namespace, **extra):
     from training.features import pack_meta
-    from training.train import TrainConfig
 
     level = args.speech_level_dbfs
     if level and args.relative_gain:
@@ -428,11 +428,13 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--channels",
         type=int,
-        default=64,
+        default=TrainConfig.channels,
         help="cochlear channels = network inputs (the published SHD/SSC files have 700)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", type=int, default=3, help="augmented copies per clip")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument(
+        "--variants", type=int, default=TrainConfig.variants, help="augmented copies per clip"
+    )
     p.add_argument(
         "--speech-level-dbfs",
         type=float,
@@ -450,11 +452,12 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--bin-ms",
         type=float,
-        help="time bin of the network step (default 20; a run from a pack takes the pack's)",
+        help=f"time bin of the network step (default {TrainConfig.bin_ms:g}; a run from a pack "
+        "takes the pack's)",
     )
     p.add_argument(
         "--cache-dir",
-        default="cache",
+        default=TrainConfig.cache_dir,
         help="where spike features (and cached teacher targets) are kept",
     )
     p.add_argument("--max-clips", type=int, help="use a random subset (smoke tests)")
@@ -537,16 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p, required=False)
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
     p.add_argument("--features", metavar="PACK", help="train from a feature pack instead of --data")
-    p.add_argument("--epochs", type=int, default=74)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--resume", action="store_true", help="continue from MODEL's checkpoint")
     p.add_argument(
         "--kind",
         choices=KINDS,
-        default="spiking",
+        default=TrainConfig.kind,
         help="hidden neurons: spiking (adLIF), analog or binary baselines",
     )
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256], help="layer sizes")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--hidden", type=int, nargs="+", default=list(TrainConfig.hidden), help="layer sizes"
+    )
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument(
         "--input-conv",
         type=int,
@@ -554,34 +559,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("FILTERS", "TAPS", "STRIDE"),
         help="first-layer input weights shared across frequency (e.g. 16 9 4 for 256 neurons)",
     )
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout on hidden activity")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--early-weight", type=float, default=0.0, help="early-decision loss weight")
-    p.add_argument("--rate-weight", type=float, default=0.5, help="firing-rate bound weight")
+    p.add_argument(
+        "--dropout", type=float, default=TrainConfig.dropout, help="dropout on hidden activity"
+    )
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument(
+        "--early-weight",
+        type=float,
+        default=TrainConfig.early_weight,
+        help="early-decision loss weight",
+    )
+    p.add_argument(
+        "--rate-weight",
+        type=float,
+        default=TrainConfig.rate_weight,
+        help="firing-rate bound weight",
+    )
     p.add_argument(
         "--distill",
         type=float,
-        default=0.7,
+        default=TrainConfig.distill_weight,
         metavar="WEIGHT",
         help="share of the loss given to a convolutional teacher's soft targets (0: no teacher)",
     )
     p.add_argument(
         "--temperature",
         type=float,
-        default=2.0,
+        default=TrainConfig.temperature,
         help="softening of the teacher's and the student's outputs for distillation",
     )
     p.add_argument(
         "--delays",
         type=int,
         nargs="+",
-        default=[0],
+        default=list(TrainConfig.input_delays),
         metavar="BINS",
         help="synaptic delays of the inputs, in bins (e.g. 0 2 4 6: a 120 ms delay line)",
     )
     for name, default, what in (
-        ("u", (50.0, 250.0), "membrane"),
-        ("w", (300.0, 1200.0), "adaptation"),
+        ("u", TrainConfig.tau_u_ms, "membrane"),
+        ("w", TrainConfig.tau_w_ms, "adaptation"),
     ):
         p.add_argument(
             f"--tau-{name}-ms",
@@ -591,13 +608,28 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=("MIN", "MAX"),
             help=f"range of the spiking neurons' {what} time constants (initial and clamp)",
         )
-    p.add_argument("--shift-ms", type=float, default=140.0, help="batch-time random shift (max)")
-    p.add_argument("--time-mask-ms", type=float, default=100.0, help="time mask width (max)")
-    p.add_argument("--channel-mask", type=int, default=4, help="channel mask width (max)")
+    p.add_argument(
+        "--shift-ms",
+        type=float,
+        default=TrainConfig.max_shift_ms,
+        help="batch-time random shift (max)",
+    )
+    p.add_argument(
+        "--time-mask-ms",
+        type=float,
+        default=TrainConfig.max_time_mask_ms,
+        help="time mask width (max)",
+    )
+    p.add_argument(
+        "--channel-mask",
+        type=int,
+        default=TrainConfig.max_channel_mask,
+        help="channel mask width (max)",
+    )
     p.add_argument(
         "--channel-shift",
         type=int,
-        default=0,
+        default=TrainConfig.max_channel_shift,
         help="batch-time shift of the whole spectrum by up to this many channels (max)",
     )
     p.add_argument(
@@ -609,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--teacher-targets",
         choices=("batch", "cached"),
-        default="cached",
+        default=TrainConfig.teacher_targets,
         help="teacher outputs per augmented batch, or once per stored clip variant (cheap on CPU)",
     )
     p.add_argument(
@@ -617,17 +649,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train just a teacher, to MODEL's .teacher.pt (--time-budget-min applies to it)",
     )
-    p.add_argument("--teacher-epochs", type=int, default=80)
-    p.add_argument("--teacher-width", type=int, default=32, help="teacher channels")
+    p.add_argument("--teacher-epochs", type=int, default=TrainConfig.teacher_epochs)
+    p.add_argument(
+        "--teacher-width", type=int, default=TrainConfig.teacher_width, help="teacher channels"
+    )
     p.add_argument(
         "--teacher-arch",
         choices=ARCHITECTURES,
-        default="res",
+        default=TrainConfig.teacher_arch,
         help="teacher network: res (pooled residual blocks; 80 epochs at width 32 take ~28 "
         "minutes on one CPU core) or vgg (full-resolution convolutions, ~3x dearer)",
     )
     p.add_argument("--time-budget-min", type=float, help="fit the epochs into this many minutes")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch CPU threads")
 
     p = command(
         "features", cmd_features, "Write a feature pack: cochlear features of a training split."

@@ -328,7 +328,7 @@ def default_bin_ms() -> float:
     import dataclasses
 
     with contextlib.suppress(ImportError, KeyError):
-        from training.train import TrainConfig
+        from training.config import TrainConfig
 
         return float({f.name: f for f in dataclasses.fields(TrainConfig)}["bin_ms"].default)
     return 10.0

@@ -112,7 +112,8 @@ class Entry:
 def bundle_from_checkpoint(path: Path, kind: str) -> ModelBundle:
     """A model bundle from a training checkpoint (the training defaults for the rest)."""
     from audio_frontend.cochlea import CochleaConfig
-    from training.train import TrainConfig, time_constants
+    from training.config import TrainConfig
+    from training.train import time_constants
 
     saved = torch.load(path, map_location="cpu", weights_only=False)
     state = saved["network"]

@@ -29,10 +29,11 @@ import torch
 from audio_frontend.cochlea import CochleaConfig
 from models.model_file import load_model
 from models.vocabulary import SILENCE, UNKNOWN
+from training.config import TrainConfig
 from training.evaluate import run_network
 from training.features import FeatureSet, FeatureSpec
 from training.teacher import TeacherEnsemble
-from training.train import TrainConfig, source_features, teacher_probabilities
+from training.train import source_features, teacher_probabilities
 
 
 def in_vocabulary_accuracy(predicted: np.ndarray, features: FeatureSet, words: int) -> dict:

@@ -21,6 +21,7 @@ from models.model_file import ModelBundle
 from models.network import Classifier
 from models.recognizer import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, Recognizer
 from models.vocabulary import SILENCE, UNKNOWN, is_word
+from training.config import TrainConfig
 from training.data import Clip, describe, discover, split_by_speaker
 from training.features import FeatureSpec, build_features
 
@@ -361,8 +362,6 @@ def _feature_flags(training: dict) -> str:
     """How a run's features were made, as the flags that ask for it: the training copies'
     levels (the default is absolute levels, so a run without them needs
     ``--relative-gain``) and the bin width when it is not the default."""
-    from training.train import TrainConfig  # training code, needed only to write cards
-
     level = training.get("speech_level_dbfs")
     if not level:
         flags = "--relative-gain"
@@ -376,7 +375,6 @@ def _feature_flags(training: dict) -> str:
 
 def train_command(training: dict) -> str:
     """The ``spikeear train`` command line that a card's training settings describe."""
-    from training.train import TrainConfig  # training code, needed only to write cards
 
     defaults = TrainConfig(data=[], out="")
     words = ["spikeear train"]

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,53 +28,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from audio_frontend.cochlea import CochleaConfig
 from models.model_file import ModelBundle
 from models.network import Classifier, NetworkConfig
-from models.vocabulary import DEFAULT_VOCABULARY
 from training.augment import AugmentConfig
+from training.config import TrainConfig
 from training.data import DataError, describe, discover, split_by_speaker
 from training.evaluate import run_network
 from training.features import FeatureSet, FeatureSpec, build_features, load_pack, pack_meta
 from training.teacher import ConvTeacher, TeacherEnsemble, distillation_loss
-
-
-@dataclass
-class TrainConfig:
-    data: list[str]
-    out: str
-    epochs: int = 74
-    batch_size: int = 128
-    lr: float = 1e-2
-    seed: int = 0
-    kind: str = "spiking"
-    hidden: tuple[int, ...] = (256, 256, 256)
-    input_delays: tuple[int, ...] = (0,)  # bins; see NetworkConfig
-    input_conv: tuple[int, int, int] | None = None  # (filters, taps, stride); see NetworkConfig
-    dropout: float = 0.1  # on hidden spikes during training
-    channels: int = 64
-    bin_ms: float = 20.0
-    variants: int = 3
-    speech_level_dbfs: tuple[float, float] | None = None  # see AugmentConfig
-    early_weight: float = 0.0  # measured: 0.3 (with the rate bounds) stalled learning here
-    rate_weight: float = 0.5
-    tau_u_ms: tuple[float, float] = (50.0, 250.0)  # membrane time constants: init range and clamp
-    tau_w_ms: tuple[float, float] = (300.0, 1200.0)  # adaptation time constants: the same
-    max_shift_ms: float = 140.0  # batch-time augmentation: random shift of the clip
-    max_time_mask_ms: float = 100.0  # ... a silenced stretch of time
-    max_channel_mask: int = 4  # ... and of neighbouring channels
-    max_channel_shift: int = 0  # ... and the whole spectrum moved by up to this many channels
-    distill_weight: float = 0.7  # share of the clip loss given to the teacher's soft targets
-    temperature: float = 2.0
-    teacher_targets: str = "cached"  # once per stored clip variant (cheap on a CPU), or "batch"
-    teachers: tuple[str, ...] = ()  # trained teacher files (an ensemble); trained first when none
-    teacher_epochs: int = 80
-    teacher_width: int = 32
-    teacher_arch: str = "res"  # pooled residual blocks: a CPU affords its 80 epochs (vgg: dearer)
-    features: str | None = None  # a feature pack instead of ``data``
-    time_budget_s: float | None = None  # fit the epochs into this much wall time
-    cache_dir: str = "cache"
-    resume: bool = False
-    max_clips: int | None = None  # for smoke tests
-    threads: int = 1  # torch threads: tiny matrices gain little from more, and suffer under load
-    vocabulary: tuple[str, ...] = field(default=DEFAULT_VOCABULARY)
 
 
 def time_constants(
