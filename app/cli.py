@@ -559,34 +559,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("FILTERS", "TAPS", "STRIDE"),
         help="first-layer input weights shared across frequency (e.g. 16 9 4 for 256 neurons)",
     )
-    p.add_argument(
-        "--dropout", type=float, default=TrainConfig.dropout, help="dropout on hidden activity"
-    )
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument(
-        "--early-weight",
-        type=float,
-        default=TrainConfig.early_weight,
-        help="early-decision loss weight",
-    )
-    p.add_argument(
-        "--rate-weight",
-        type=float,
-        default=TrainConfig.rate_weight,
-        help="firing-rate bound weight",
-    )
+    for flag, kind, default, text in (
+        ("--dropout", float, TrainConfig.dropout, "dropout on hidden activity"),
+        ("--early-weight", float, TrainConfig.early_weight, "early-decision loss weight"),
+        ("--rate-weight", float, TrainConfig.rate_weight, "firing-rate bound weight"),
+        ("--temperature", float, TrainConfig.temperature, "distillation softening of outputs"),
+        ("--shift-ms", float, TrainConfig.max_shift_ms, "batch-time random shift (max)"),
+        ("--time-mask-ms", float, TrainConfig.max_time_mask_ms, "time mask width (max)"),
+        ("--channel-mask", int, TrainConfig.max_channel_mask, "channel mask width (max)"),
+        ("--channel-shift", int, TrainConfig.max_channel_shift, "spectrum shift in channels (max)"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument(
         "--distill",
         type=float,
         default=TrainConfig.distill_weight,
         metavar="WEIGHT",
         help="share of the loss given to a convolutional teacher's soft targets (0: no teacher)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=TrainConfig.temperature,
-        help="softening of the teacher's and the student's outputs for distillation",
     )
     p.add_argument(
         "--delays",
@@ -608,30 +598,6 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=("MIN", "MAX"),
             help=f"range of the spiking neurons' {what} time constants (initial and clamp)",
         )
-    p.add_argument(
-        "--shift-ms",
-        type=float,
-        default=TrainConfig.max_shift_ms,
-        help="batch-time random shift (max)",
-    )
-    p.add_argument(
-        "--time-mask-ms",
-        type=float,
-        default=TrainConfig.max_time_mask_ms,
-        help="time mask width (max)",
-    )
-    p.add_argument(
-        "--channel-mask",
-        type=int,
-        default=TrainConfig.max_channel_mask,
-        help="channel mask width (max)",
-    )
-    p.add_argument(
-        "--channel-shift",
-        type=int,
-        default=TrainConfig.max_channel_shift,
-        help="batch-time shift of the whole spectrum by up to this many channels (max)",
-    )
     p.add_argument(
         "--teacher",
         action="append",
