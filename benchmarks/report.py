@@ -65,7 +65,7 @@ from models.model_file import ModelBundle, ModelFileError, load_model
 from models.network import Classifier, NetworkConfig
 from models.recognizer import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, Recognizer
 from models.vocabulary import DEFAULT_VOCABULARY, is_word
-from training.augment import mix_at_snr, place
+from training.augment import place
 from training.data import Clip, describe, discover, split_by_speaker
 from training.evaluate import evaluate_rasters, plot_heard_curve
 from training.features import (
@@ -84,7 +84,7 @@ from training.features import (
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ["../shared/data/speech_commands", "../shared/data/fsdd"]
 DEFAULT_SNRS = (20.0, 10.0, 5.0)
-MIX_VERSION = 2  # bump when mix_noise changes, to invalidate cached noisy features
+MIX_VERSION = 1  # bump when mix_noise changes, to invalidate cached noisy features
 NAMES = {"spiking": "SNN", "analog": "analog RNN", "binary": "binary NN"}
 COLOURS = {"spiking": "tab:red", "analog": "tab:blue", "binary": "tab:green"}
 # Per-neuron arithmetic each bin (MACs), beyond the synapses; see neuron_macs_per_bin.
@@ -174,10 +174,17 @@ def load_entry(entry: Entry) -> Entry:
 
 
 def mix_noise(clean: np.ndarray, noise: np.ndarray, snr_db: float, offset: int) -> np.ndarray:
-    """``clean`` plus ``noise`` (rolled by ``offset``, looped to length) at ``snr_db``, as
-    the training augmentation mixes it (``training.augment.mix_at_snr``)."""
+    """``clean`` plus ``noise`` (rolled by ``offset``, looped to length) at ``snr_db``.
+
+    SNR is the ratio of mean powers over the whole clip window, as the training
+    augmentation (``training.augment.augment``) defines it; nothing is rescaled
+    afterwards, so the noise adds to the clip at its own level.
+    """
     noise = np.resize(np.roll(noise, offset), len(clean))
-    return mix_at_snr(clean, noise, snr_db).astype(np.float32)
+    signal_power = float(np.mean(clean.astype(np.float64) ** 2)) + 1e-10
+    noise_power = float(np.mean(noise.astype(np.float64) ** 2)) + 1e-10
+    gain = math.sqrt(signal_power / noise_power / 10 ** (snr_db / 10))
+    return (clean + gain * noise).astype(np.float32)
 
 
 def _noisy_worker(job: tuple) -> tuple[int, np.ndarray | None]:

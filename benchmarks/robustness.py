@@ -46,7 +46,7 @@ from rich.progress import track
 from models.model_file import DEFAULT_MODEL_PATH, load_model
 from models.recognizer import Recognizer
 from models.vocabulary import is_word
-from training.augment import active_level_dbfs, mix_at_snr, place
+from training.augment import active_level_dbfs, place
 from training.data import discover, split_by_speaker
 from training.evaluate import evaluate_rasters
 from training.features import (
@@ -74,6 +74,12 @@ CONDITIONS = (
 )
 
 
+def _with_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    noise = rng.standard_normal(len(audio)).astype(np.float32)
+    power = float(np.mean(audio**2)) + 1e-10
+    return audio + noise * np.sqrt(power / 10 ** (snr_db / 10))
+
+
 def _reverberant(audio: np.ndarray, rt60_s: float, rng: np.random.Generator) -> np.ndarray:
     # Energy falls by 60 dB in rt60_s: amplitude envelope exp(-6.9 t / rt60).
     t = np.arange(int(rt60_s * RATE)) / RATE
@@ -95,8 +101,7 @@ def apply(condition: str, audio: np.ndarray, rng: np.random.Generator) -> np.nda
         gain_db = float(condition.split()[1])
         out = np.clip(audio * 10 ** (gain_db / 20), -1.0, 1.0)
     elif condition.startswith("white noise"):
-        white = rng.standard_normal(len(audio)).astype(np.float32)
-        out = mix_at_snr(audio, white, float(condition.split()[2]))
+        out = _with_noise(audio, float(condition.split()[2]), rng)
     elif condition.startswith("reverberation"):
         out = _reverberant(audio, float(condition.split()[2]), rng)
     elif condition.startswith("telephone"):

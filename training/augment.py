@@ -64,15 +64,6 @@ def active_level_dbfs(audio: np.ndarray, rate: int) -> float:
     return float(10 * np.log10(loudest.mean() + 1e-12))
 
 
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``speech`` plus ``noise`` (of the same length) at ``snr_db``: the ratio of mean
-    powers over the whole clip window.  Nothing is rescaled afterwards, so the noise
-    adds to the speech at the speech's level."""
-    signal_power = float(np.mean(speech**2)) + 1e-10
-    noise_power = float(np.mean(noise**2)) + 1e-10
-    return speech + noise * np.sqrt(signal_power / noise_power / 10 ** (snr_db / 10))
-
-
 def augment(
     audio: np.ndarray,
     rate: int,
@@ -92,7 +83,10 @@ def augment(
     if noises and rng.random() < config.noise_probability:
         noise = noises[rng.integers(len(noises))]
         noise = np.resize(np.roll(noise, rng.integers(len(noise))), length)
-        audio = mix_at_snr(audio, noise, rng.uniform(*config.snr_db))
+        signal_power = float(np.mean(audio**2)) + 1e-10
+        noise_power = float(np.mean(noise**2)) + 1e-10
+        snr = rng.uniform(*config.snr_db)
+        audio = audio + noise * np.sqrt(signal_power / noise_power / 10 ** (snr / 10))
     if config.speech_level_dbfs:
         gain = 10 ** ((rng.uniform(*config.speech_level_dbfs) - speech_level) / 20)
     else:
