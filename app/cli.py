@@ -119,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError("--delays must be bins >= 0")
     if not 0 <= args.dropout < 1:
         raise CliError("--dropout must be in [0, 1)")
+    if args.weight_decay < 0:
+        raise CliError("--weight-decay must be >= 0")
     if not 0 <= args.channel_shift < 64:
         raise CliError("--channel-shift must be between 0 and 63 channels")
     for name in ("tau_u_ms", "tau_w_ms"):
@@ -148,6 +150,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         input_delays=tuple(args.delays),
         input_conv=tuple(args.input_conv) if args.input_conv else None,
         dropout=args.dropout,
+        weight_decay=args.weight_decay,
         tau_u_ms=tuple(args.tau_u_ms),
         tau_w_ms=tuple(args.tau_w_ms),
         max_shift_ms=args.shift_ms,
@@ -562,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     for flag, kind, default, text in (
         ("--dropout", float, TrainConfig.dropout, "dropout on hidden activity"),
+        ("--weight-decay", float, TrainConfig.weight_decay, "AdamW decay of weight matrices"),
         ("--early-weight", float, TrainConfig.early_weight, "early-decision loss weight"),
         ("--rate-weight", float, TrainConfig.rate_weight, "firing-rate bound weight"),
         ("--temperature", float, TrainConfig.temperature, "distillation softening of outputs"),

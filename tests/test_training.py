@@ -25,7 +25,7 @@ from training.augment import (
 from training.evaluate import card_markdown, features_command, train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import ARCHITECTURES, ConvTeacher, TeacherEnsemble
-from training.train import cached_teacher_targets
+from training.train import cached_teacher_targets, decay_groups
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,19 @@ def test_a_teacher_reads_finer_bins_by_summing_them(tmp_path):
     assert ConvTeacher.load(tmp_path / "old.pt", torch.device("cpu")).bin_ms == 20.0
 
 
+def test_weight_decay_shrinks_weight_matrices_and_spares_time_constants():
+    network = Classifier(NetworkConfig(n_inputs=8, hidden=(6, 6), n_classes=4))
+    before = {name: p.detach().clone() for name, p in network.named_parameters()}
+    optimizer = torch.optim.AdamW(decay_groups(network, 0.5), lr=0.1, weight_decay=0.0)
+    for p in network.parameters():
+        p.grad = torch.zeros_like(p)  # so that the step is the decay alone
+    optimizer.step()
+    for name, p in network.named_parameters():
+        expected = before[name] * (1 - 0.1 * 0.5) if p.ndim >= 2 else before[name]
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+    assert any(p.ndim < 2 for p in network.parameters())  # time constants, adaptation
+
+
 def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):
     """The bundled model on every fixture clip: stdout is one JSON object (progress
     bars go to stderr), the figures are consistent, and the plots are written."""
@@ -279,6 +292,7 @@ def _tiny_pack(path, bin_ms: float = 20.0, augmentation: AugmentConfig | None = 
         (["--delays", "0", "-2"], "delays"),
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
         (["--channel-shift", "-1"], "--channel-shift"),
+        (["--weight-decay", "-0.1"], "--weight-decay"),
         (["--speech-level-dbfs", "-12", "-45"], "--speech-level-dbfs"),
         (["--speech-level-dbfs", "-40", "-10"], "this one was made without it"),
     ],

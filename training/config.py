@@ -18,6 +18,7 @@ class TrainConfig:
     epochs: int = 74
     batch_size: int = 128
     lr: float = 1e-2
+    weight_decay: float = 0.0  # AdamW's, on weight matrices only; 0 is plain Adam
     seed: int = 0
     kind: str = "spiking"
     hidden: tuple[int, ...] = (256, 256, 256)

@@ -267,6 +267,15 @@ def train_teacher(
     return teacher.eval(), accuracy
 
 
+def decay_groups(network: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer groups: weight decay on weight matrices only.  Time constants,
+    adaptation strengths and biases keep their values (decay would pull every
+    membrane towards forgetting at once)."""
+    matrices = [p for p in network.parameters() if p.ndim >= 2]
+    vectors = [p for p in network.parameters() if p.ndim < 2]
+    return [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors}]
+
+
 def feature_spec(config: TrainConfig) -> FeatureSpec:
     """The features a run (or a pack for it) is made of."""
     return FeatureSpec(
@@ -399,7 +408,9 @@ def train(config: TrainConfig) -> ModelBundle:
             **time_constants(config.bin_ms, config.tau_u_ms, config.tau_w_ms),
         )
     ).to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        decay_groups(network, config.weight_decay), lr=config.lr, weight_decay=0.0
+    )
     train_indices = np.flatnonzero(train_set.ok)
     steps_per_epoch = math.ceil(len(train_indices) / config.batch_size)
     cycle = OneCycle(config.epochs * steps_per_epoch)
