@@ -5,7 +5,8 @@
 # results> and PACK=<a 10 ms feature pack> (`spikeear features --bin-ms 10 ...`); its 20 ms
 # twin is made here by summing pairs of bins, which is exact.  The first line installs
 # wheels carried in .whl/ where the machine lacks soxr/soundfile.  Results come back as
-# $OUT/teachers.tgz.part-* (cat them into one .tgz; each part fits what a device call returns): teacher files, their logs, and cache/teacher-targets-*.npy, which
+# $OUT/teachers.tgz.part-* (cat them into one .tgz; each part fits what a device call
+# returns): teacher files, their logs, and cache/teacher-targets-*.npy, which
 # `spikeear train --teacher ...` finds in its --cache-dir.  Used on a lent H200; see
 # docs/experiments.md.
 T0=$(date +%s); export PYTHONUNBUFFERED=1
@@ -17,19 +18,21 @@ SPECS=${SPECS:-"v64a 10 vgg 64 21;v64b 10 vgg 64 22;v48 10 vgg 48 23;r64 10 res 
 R=$OUT/teachers; mkdir -p $R $R/cache
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null
 python3 - "$PACK" "$R/pack20.npz" <<'EOF'
-import json, sys
+import sys
 import numpy as np
-pack = np.load(sys.argv[1])
-meta = json.loads(str(pack["meta"]))
+from audio_frontend.cochlea import CochleaConfig
+from training.augment import AugmentConfig
+from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
+meta, train, val = load_pack(sys.argv[1])
 assert meta["bin_ms"] == 10, "PACK must have 10 ms bins"
-meta["bin_ms"] = 20.0
-parts = {"meta": np.array(json.dumps(meta))}
-for part in ("train", "val"):
-    r = pack[f"{part}_rasters"]
+def summed_pairs(part: FeatureSet) -> FeatureSet:
+    r = part.rasters
     pairs = r.reshape(*r.shape[:2], -1, 2, r.shape[-1]).astype(np.uint16).sum(axis=3)
-    parts[f"{part}_rasters"] = np.minimum(pairs, 255).astype(np.uint8)
-    parts[f"{part}_labels"], parts[f"{part}_ok"] = pack[f"{part}_labels"], pack[f"{part}_ok"]
-np.savez(sys.argv[2], **parts)
+    return FeatureSet(np.minimum(pairs, 255).astype(np.uint8), part.labels, part.ok)
+spec = FeatureSpec(CochleaConfig.from_dict(meta["frontend"]), 20.0,
+                   augmentation=AugmentConfig(**meta["augmentation"]))
+save_pack(sys.argv[2], spec, tuple(meta["vocabulary"]), summed_pairs(train), summed_pairs(val),
+          meta["summaries"])
 EOF
 echo "20 ms pack made $(( $(date +%s) - T0 )) s"
 IFS=';'; for spec in $SPECS; do
