@@ -129,7 +129,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} needs 0 < MIN <= MAX")
     if args.teacher and not args.distill:
         raise CliError("--teacher needs --distill WEIGHT")
-    if args.input_conv:
+    if not 0 <= args.mixup <= 10:
+        raise CliError("--mixup must be between 0 (off) and 10")
+    if args.input_conv or args.hidden_conv:
         from models.network import NetworkConfig
 
         try:  # before hours of feature loading, not after
@@ -137,10 +139,12 @@ def cmd_train(args: argparse.Namespace) -> None:
                 n_inputs=args.channels,
                 hidden=tuple(args.hidden),
                 kind=args.kind,
-                input_conv=tuple(args.input_conv),
+                input_conv=tuple(args.input_conv) if args.input_conv else None,
+                hidden_conv=tuple(args.hidden_conv) if args.hidden_conv else None,
             )
         except ValueError as error:
-            raise CliError(f"--input-conv: {error}") from error
+            flag = "--hidden-conv" if "hidden_conv" in str(error) else "--input-conv"
+            raise CliError(f"{flag}: {error}") from error
     config = _train_config(
         args,
         epochs=args.epochs,
@@ -149,6 +153,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         hidden=tuple(args.hidden),
         input_delays=tuple(args.delays),
         input_conv=tuple(args.input_conv) if args.input_conv else None,
+        hidden_conv=tuple(args.hidden_conv) if args.hidden_conv else None,
+        mixup=args.mixup,
         dropout=args.dropout,
         weight_decay=args.weight_decay,
         tau_u_ms=tuple(args.tau_u_ms),
@@ -562,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("FILTERS", "TAPS", "STRIDE"),
         help="first-layer input weights shared across frequency (e.g. 16 9 4 for 256 neurons)",
     )
+    p.add_argument(
+        "--hidden-conv",
+        type=int,
+        nargs=3,
+        metavar=("FILTERS", "TAPS", "STRIDE"),
+        help="second-layer weights shared across the first layer's frequency positions "
+        "(with --input-conv 16 9 4: e.g. 32 5 2 for 256 neurons)",
+    )
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     for flag, kind, default, text in (
         ("--dropout", float, TrainConfig.dropout, "dropout on hidden activity"),
@@ -573,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--time-mask-ms", float, TrainConfig.max_time_mask_ms, "time mask width (max)"),
         ("--channel-mask", int, TrainConfig.max_channel_mask, "channel mask width (max)"),
         ("--channel-shift", int, TrainConfig.max_channel_shift, "spectrum shift in channels (max)"),
+        ("--mixup", float, TrainConfig.mixup, "mix pairs of clips, Beta(a, a) weights (0: off)"),
     ):
         p.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument(

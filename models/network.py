@@ -57,6 +57,10 @@ class NetworkConfig:
     # Input weights of the first layer shared across frequency, as (filters, taps,
     # stride): see FrequencyConv.  None is a dense first layer.
     input_conv: tuple[int, int, int] | None = None
+    # The second layer's input weights shared the same way over the first layer's
+    # frequency positions (filters, taps, stride), with all its filters as depth:
+    # a two-layer spiking convolution along frequency.  Needs input_conv.
+    hidden_conv: tuple[int, int, int] | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,21 @@ class NetworkConfig:
                     f"input_conv {self.input_conv} on {self.n_inputs} inputs makes {neurons} "
                     f"first-layer neurons, but hidden[0] is {self.hidden[0]}"
                 )
+        if self.hidden_conv is not None:
+            if self.input_conv is None or len(self.hidden) < 2:
+                raise ValueError("hidden_conv needs input_conv and at least two layers")
+            if min(self.hidden_conv) < 1:
+                raise ValueError(
+                    f"hidden_conv needs filters, taps, stride >= 1, not {self.hidden_conv}"
+                )
+            filters, _, stride = self.hidden_conv
+            positions = math.ceil(self.n_inputs / self.input_conv[2])
+            neurons = filters * math.ceil(positions / stride)
+            if self.hidden[1] != neurons:
+                raise ValueError(
+                    f"hidden_conv {self.hidden_conv} on {positions} first-layer positions makes "
+                    f"{neurons} second-layer neurons, but hidden[1] is {self.hidden[1]}"
+                )
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -87,7 +106,7 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, values: dict) -> NetworkConfig:
         values = dict(values)
-        for key in ("hidden", "tau_u", "tau_w", "input_delays", "input_conv"):
+        for key in ("hidden", "tau_u", "tau_w", "input_delays", "input_conv", "hidden_conv"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -178,31 +197,44 @@ def effective_weight(weight: torch.Tensor, kind: str) -> torch.Tensor:
 
 class FrequencyConv(nn.Module):
     """Input weights shared across frequency, as a convolution's: ``filters`` kernels,
-    each spanning ``taps`` neighbouring channels at every input delay, placed every
-    ``stride`` channels (zero padding at the edges).  On the cochlea's ERB-spaced
-    channels a voice that is higher or lower moves its formants along the channel
-    axis, so one kernel learns a pattern wherever it occurs, from few speakers.
+    each spanning ``taps`` neighbouring channels at every depth (input delay, or a
+    previous convolution's filter), placed every ``stride`` channels (zero padding at
+    the edges).  On the cochlea's ERB-spaced channels a voice that is higher or lower
+    moves its formants along the channel axis, so one kernel learns a pattern wherever
+    it occurs, from few speakers.
 
-    ``weight`` is the equivalent dense matrix ``[positions * filters, delays * inputs]``
-    (position-major rows, delay-major columns, as the delay line lays them out), so
-    step mode, NIR export and operation counts treat it as any other input weight.
+    ``weight`` is the equivalent dense matrix ``[positions * filters, depth * channels]``
+    with position-major rows, and columns depth-major (as the delay line lays out its
+    inputs) or, with ``depth_major=False``, position-major (as a previous
+    FrequencyConv lays out its neurons), so step mode, NIR export and operation counts
+    treat it as any other input weight.
     """
 
-    def __init__(self, n_inputs: int, n_delays: int, filters: int, taps: int, stride: int):
+    def __init__(
+        self,
+        n_inputs: int,
+        depth: int,
+        filters: int,
+        taps: int,
+        stride: int,
+        depth_major: bool = True,
+    ):
         super().__init__()
         positions = math.ceil(n_inputs / stride)
-        self.in_features, self.out_features = n_inputs * n_delays, positions * filters
-        bound = 1.0 / math.sqrt(n_delays * taps)
-        self.kernel = nn.Parameter(torch.empty(filters, n_delays, taps).uniform_(-bound, bound))
+        self.in_features, self.out_features = n_inputs * depth, positions * filters
+        bound = 1.0 / math.sqrt(depth * taps)
+        self.kernel = nn.Parameter(torch.empty(filters, depth, taps).uniform_(-bound, bound))
         unused = self.kernel.numel()  # index of the zero appended to the flat kernel
-        index = torch.full((positions, filters, n_delays, n_inputs), unused, dtype=torch.long)
-        kernel_index = torch.arange(unused).reshape(filters, n_delays, taps)
+        index = torch.full((positions, filters, depth, n_inputs), unused, dtype=torch.long)
+        kernel_index = torch.arange(unused).reshape(filters, depth, taps)
         for position in range(positions):
             first = position * stride - (taps - stride) // 2
             for tap in range(taps):
                 channel = first + tap
                 if 0 <= channel < n_inputs:
                     index[position, :, :, channel] = kernel_index[:, :, tap]
+        if not depth_major:
+            index = index.transpose(2, 3)
         self.register_buffer("index", index.reshape(self.out_features, self.in_features))
         self.synapses = int((index != unused).sum())
 
@@ -336,6 +368,10 @@ class Classifier(nn.Module):
         inputs: list[nn.Module | None] = [None] * len(config.hidden)
         if config.input_conv is not None:
             inputs[0] = FrequencyConv(config.n_inputs, len(config.input_delays), *config.input_conv)
+        if config.hidden_conv is not None:
+            filters, _, stride = config.input_conv
+            positions = math.ceil(config.n_inputs / stride)
+            inputs[1] = FrequencyConv(positions, filters, *config.hidden_conv, depth_major=False)
         self.layers = nn.ModuleList(
             RecurrentLayer(n_in, n_out, config, input)
             for (n_in, n_out), input in zip(itertools.pairwise(sizes), inputs, strict=True)
@@ -403,10 +439,11 @@ class Classifier(nn.Module):
         evidence, new_state, activity = self.forward(x[:, None, :], state)
         return evidence[:, 0], new_state, [a[:, 0] for a in activity]
 
-    def input_synapses(self) -> int:
-        """Connections from the inputs (at every delay) into the first layer."""
-        first = self.layers[0].input
-        return first.synapses if isinstance(first, FrequencyConv) else first.weight.numel()
+    def input_synapses(self, layer: int = 0) -> int:
+        """Connections into hidden layer ``layer`` from its inputs (the first layer's:
+        the network inputs at every delay)."""
+        weights = self.layers[layer].input
+        return weights.synapses if isinstance(weights, FrequencyConv) else weights.weight.numel()
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

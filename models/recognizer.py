@@ -447,20 +447,22 @@ class Recognizer:
     # ----- accounting -----------------------------------------------------------------------
     def _synaptic_fan_out(self) -> np.ndarray:
         """Targets reached by one spike of: the input (at every delay; averaged over
-        channels, which a frequency-shared first layer reaches unevenly at its edges),
-        then each hidden layer."""
+        channels, which a frequency-shared layer reaches unevenly at its edges), then
+        each hidden layer."""
         config = self.network.config
-        sizes = [*config.hidden, config.n_classes]
-        recurrent = list(config.hidden) if config.recurrent else [0] * len(config.hidden)
+        layers = len(config.hidden)
+        onward = [self.network.input_synapses(i) for i in range(layers)]
+        onward.append(config.hidden[-1] * config.n_classes)  # the readout
+        recurrent = list(config.hidden) if config.recurrent else [0] * layers
         return np.array(
-            [self.network.input_synapses() / config.n_inputs]
-            + [sizes[i + 1] + recurrent[i] for i in range(len(config.hidden))]
+            [onward[0] / config.n_inputs]
+            + [onward[i + 1] / config.hidden[i] + recurrent[i] for i in range(layers)]
         )
 
     def _dense_macs(self) -> int:
         config = self.network.config
-        macs = self.network.input_synapses()
-        macs += sum(a * b for a, b in itertools.pairwise([*config.hidden, config.n_classes]))
+        macs = sum(self.network.input_synapses(i) for i in range(len(config.hidden)))
+        macs += config.hidden[-1] * config.n_classes
         if config.recurrent:
             macs += sum(h * h for h in config.hidden)
         return macs

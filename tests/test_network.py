@@ -12,6 +12,7 @@ from models.neurons import AdLIFState
 from models.vocabulary import DEFAULT_VOCABULARY
 
 CONV = (3, 5, 4)  # filters, taps, stride: 3 * 16 first-layer neurons on 64 channels
+SECOND_CONV = (4, 3, 2)  # over the first layer's 16 positions: 4 * 8 second-layer neurons
 
 
 def trained_like(
@@ -19,16 +20,28 @@ def trained_like(
     seed: int = 0,
     input_delays: tuple[int, ...] = (0,),
     input_conv: tuple[int, int, int] | None = None,
+    hidden_conv: tuple[int, int, int] | None = None,
 ) -> Classifier:
     """A random network whose batch norms have seen data, so its layers spike."""
     torch.manual_seed(seed)
     network = Classifier(
-        NetworkConfig(hidden=(48, 32), kind=kind, input_delays=input_delays, input_conv=input_conv)
+        NetworkConfig(
+            hidden=(48, 32),
+            kind=kind,
+            input_delays=input_delays,
+            input_conv=input_conv,
+            hidden_conv=hidden_conv,
+        )
     )
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    for norm in norms:
+        norm.momentum = None  # running statistics: the plain mean over the passes below
     network.train()
     with torch.no_grad():
         for _ in range(3):
             network(torch.poisson(torch.rand(8, 30, 64) * 4))
+        for norm in norms:
+            norm.weight.fill_(3.0)  # normalised currents this strong make every layer fire
     return network.eval()
 
 
@@ -38,18 +51,21 @@ def inputs(batch: int = 3, time: int = 40) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("kind", "input_delays", "input_conv"),
+    ("kind", "input_delays", "input_conv", "hidden_conv"),
     [
-        ("spiking", (0,), None),
-        ("analog", (0,), None),
-        ("binary", (0,), None),
-        ("spiking", (0, 2, 5), None),
-        ("spiking", (0, 1, 2), CONV),
-        ("analog", (0,), CONV),
+        ("spiking", (0,), None, None),
+        ("analog", (0,), None, None),
+        ("binary", (0,), None, None),
+        ("spiking", (0, 2, 5), None, None),
+        ("spiking", (0, 1, 2), CONV, None),
+        ("analog", (0,), CONV, None),
+        ("spiking", (0, 1, 2), CONV, SECOND_CONV),
     ],
 )
-def test_step_mode_equals_sequence_mode(kind, input_delays, input_conv):
-    network = trained_like(kind, input_delays=input_delays, input_conv=input_conv)
+def test_step_mode_equals_sequence_mode(kind, input_delays, input_conv, hidden_conv):
+    network = trained_like(
+        kind, input_delays=input_delays, input_conv=input_conv, hidden_conv=hidden_conv
+    )
     x = inputs()
     with torch.no_grad():
         sequence, final_state, activity = network(x)
@@ -61,22 +77,25 @@ def test_step_mode_equals_sequence_mode(kind, input_delays, input_conv):
     assert torch.allclose(torch.stack(steps, 1), sequence, atol=1e-5)
     assert torch.allclose(state.readout, final_state.readout, atol=1e-5)
     if kind == "spiking":
-        assert 0 < activity[0].mean() < 0.5  # the test is only meaningful if neurons fire
+        assert all(0 < a.mean() < 0.5 for a in activity)  # only meaningful if neurons fire
 
 
 @pytest.mark.parametrize(
-    ("kind", "input_delays", "input_conv"),
+    ("kind", "input_delays", "input_conv", "hidden_conv"),
     [
-        ("spiking", (0,), None),
-        ("analog", (0,), None),
-        ("binary", (0,), None),
-        ("spiking", (0, 1, 2), CONV),
+        ("spiking", (0,), None, None),
+        ("analog", (0,), None, None),
+        ("binary", (0,), None, None),
+        ("spiking", (0, 1, 2), CONV, None),
+        ("spiking", (0,), CONV, SECOND_CONV),
     ],
 )
-def test_event_driven_inference_equals_dense_torch(kind, input_delays, input_conv):
+def test_event_driven_inference_equals_dense_torch(kind, input_delays, input_conv, hidden_conv):
     """The CPU inference kernels compute what torch's dense operations compute, under
     inference mode as the service runs them."""
-    network = trained_like(kind, input_delays=input_delays, input_conv=input_conv)
+    network = trained_like(
+        kind, input_delays=input_delays, input_conv=input_conv, hidden_conv=hidden_conv
+    )
     x = inputs()
     with torch.inference_mode():
         evidence, _, activity = network(x)
@@ -95,7 +114,7 @@ def test_event_driven_inference_equals_dense_torch(kind, input_delays, input_con
             torch.testing.assert_close(events, dense, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(evidence, dense_evidence, rtol=1e-3, atol=1e-3)
     if kind == "spiking":
-        assert 0 < activity[0].mean() < 0.5
+        assert all(0 < a.mean() < 0.5 for a in activity)
 
 
 def test_event_driven_layer_follows_the_neuron_step():
@@ -174,7 +193,7 @@ def test_streams_stepped_together_equal_streams_stepped_alone(input_delays):
 
 
 def test_frequency_conv_shares_one_kernel_across_channels():
-    conv = FrequencyConv(n_inputs=16, n_delays=2, filters=3, taps=5, stride=2)
+    conv = FrequencyConv(n_inputs=16, depth=2, filters=3, taps=5, stride=2)
     assert conv.weight.shape == (8 * 3, 2 * 16)
     x = torch.zeros(2 * 16)
     x[6] = x[16 + 7] = 1.0  # a small pattern over two delays
@@ -191,11 +210,29 @@ def test_frequency_conv_shares_one_kernel_across_channels():
     assert conv.kernel.grad is not None and conv.kernel.grad.shape == (3, 2, 5)
 
 
+def test_second_layer_convolution_slides_over_the_first_layers_positions():
+    """Layer-1 neurons are laid out position-major ([position, filter]); the second
+    convolution reads all their filters as depth and slides along the positions."""
+    conv = FrequencyConv(n_inputs=16, depth=3, filters=4, taps=3, stride=2, depth_major=False)
+    assert conv.weight.shape == (8 * 4, 16 * 3)
+    x = torch.zeros(16, 3)
+    x[5, 0] = x[6, 2] = 1.0  # a pattern over two positions and two first-layer filters
+    moved = torch.roll(x, 2, dims=0)  # one stride higher
+    currents = (conv.weight @ x.flatten()).reshape(8, 4)
+    assert currents.abs().sum() > 0
+    assert torch.equal((conv.weight @ moved.flatten()).reshape(8, 4)[1:], currents[:-1])
+    assert conv.synapses == int((conv.weight != 0).sum())
+
+
 def test_frequency_conv_needs_a_matching_first_layer():
     with pytest.raises(ValueError, match="48 first-layer neurons"):
         NetworkConfig(hidden=(64, 32), input_conv=CONV)
     with pytest.raises(ValueError, match="spiking and analog"):
         NetworkConfig(hidden=(48, 32), input_conv=CONV, kind="binary")
+    with pytest.raises(ValueError, match="needs input_conv"):
+        NetworkConfig(hidden=(48, 32), hidden_conv=SECOND_CONV)
+    with pytest.raises(ValueError, match="32 second-layer neurons, but hidden"):
+        NetworkConfig(hidden=(48, 40), input_conv=CONV, hidden_conv=SECOND_CONV)
 
 
 def test_model_file_round_trip(tmp_path):

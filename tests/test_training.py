@@ -88,7 +88,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
     args += ["--distill", "0.5", "--delays", "0", "3", "--teacher-targets", "cached"]
     args += ["--cache-dir", cache, "--input-conv", "8", "5", "2", "--dropout", "0.2"]
-    args += ["--temperature", "3"]
+    args += ["--hidden-conv", "16", "5", "2", "--mixup", "0.4", "--temperature", "3"]
     for teacher in (model, second):
         args += ["--teacher", str(teacher.with_suffix(".teacher.pt"))]
     assert main(["train", *args]) == 0
@@ -107,6 +107,8 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     student = load_model(reused)
     assert student.network.config.input_delays == (0, 3)
     assert student.network.config.input_conv == (8, 5, 2)
+    assert student.network.config.hidden_conv == (16, 5, 2)
+    assert student.network.input_synapses(1) < 256 * 256  # shared, sparse second-layer input
     assert student.network.layers[0].input.in_features == 2 * 64
     # The card's command line is the run's, teachers and non-default settings included.
     command = train_command(student.card["training"])
@@ -114,6 +116,8 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
         "--teacher student.teacher.pt --teacher second.teacher.pt",
         "--delays 0 3",
         "--input-conv 8 5 2",
+        "--hidden-conv 16 5 2",
+        "--mixup 0.4",
         "--dropout 0.2",
         "--temperature 3",
         "--distill 0.5",
@@ -293,6 +297,9 @@ def _tiny_pack(path, bin_ms: float = 20.0, augmentation: AugmentConfig | None = 
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
         (["--channel-shift", "-1"], "--channel-shift"),
         (["--weight-decay", "-0.1"], "--weight-decay"),
+        (["--mixup", "-1"], "--mixup"),
+        (["--hidden-conv", "16", "5", "2"], "--hidden-conv: hidden_conv needs input_conv"),
+        (["--input-conv", "8", "5", "2", "--hidden-conv", "8", "5", "2"], "128 second-layer"),
         (["--speech-level-dbfs", "-12", "-45"], "--speech-level-dbfs"),
         (["--speech-level-dbfs", "-40", "-10"], "this one was made without it"),
     ],

@@ -24,6 +24,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (256, 256, 256)
     input_delays: tuple[int, ...] = (0,)  # bins; see NetworkConfig
     input_conv: tuple[int, int, int] | None = None  # (filters, taps, stride); see NetworkConfig
+    hidden_conv: tuple[int, int, int] | None = None  # the second layer's; see NetworkConfig
     dropout: float = 0.1  # on hidden spikes during training
     channels: int = 64
     bin_ms: float = 20.0
@@ -37,6 +38,7 @@ class TrainConfig:
     max_time_mask_ms: float = 100.0  # ... a silenced stretch of time
     max_channel_mask: int = 4  # ... and of neighbouring channels
     max_channel_shift: int = 0  # ... and the whole spectrum moved by up to this many channels
+    mixup: float = 0.0  # ... and pairs of clips mixed with Beta(a, a) weights (0: off)
     distill_weight: float = 0.7  # share of the clip loss given to the teacher's soft targets
     temperature: float = 2.0
     teacher_targets: str = "cached"  # once per stored clip variant (cheap on a CPU), or "batch"

@@ -339,6 +339,8 @@ def baseline_figures(bundle: ModelBundle, path: str | Path, results: dict) -> di
 _TRAIN_FLAGS = {
     "input_delays": "--delays",
     "input_conv": "--input-conv",
+    "hidden_conv": "--hidden-conv",
+    "mixup": "--mixup",
     "dropout": "--dropout",
     "tau_u_ms": "--tau-u-ms",
     "tau_w_ms": "--tau-w-ms",

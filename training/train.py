@@ -5,7 +5,8 @@ Loss (per clip, from the per-step class evidence ``u_t`` of the readout):
 the mean over ``t`` of the same loss on the running mean up to ``t`` (ED-sKWS),
 which rewards a correct answer early, plus firing-rate bounds (sparch).  With
 ``distill_weight``, part of the clip loss moves to matching a convolutional
-teacher's softened outputs (:mod:`training.teacher`).
+teacher's softened outputs (:mod:`training.teacher`).  With ``mixup``, each batch is
+mixed with a shuffled copy of itself and both clips' losses are weighted alike.
 
 Features come from the data folders (cochlea run once, cached) or from a
 feature pack (``spikeear features``), which trains on a machine without the audio.
@@ -60,6 +61,18 @@ def clip_loss(evidence: torch.Tensor, labels: torch.Tensor, early_weight: float)
         early = F.nll_loss(running.flatten(0, 1), labels.repeat_interleave(evidence.shape[1]))
         loss = loss + early_weight * early
     return loss
+
+
+def student_loss(
+    evidence: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, config: TrainConfig
+) -> torch.Tensor:
+    """The clip loss, part of it moved to the teacher's targets when there are any."""
+    loss = clip_loss(evidence, labels, config.early_weight)
+    if targets is None:
+        return loss
+    return (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
+        evidence, targets, config.temperature
+    )
 
 
 def rate_penalty(activity: list[torch.Tensor]) -> torch.Tensor:
@@ -404,6 +417,7 @@ def train(config: TrainConfig) -> ModelBundle:
             kind=config.kind,
             input_delays=tuple(config.input_delays),
             input_conv=tuple(config.input_conv) if config.input_conv else None,
+            hidden_conv=tuple(config.hidden_conv) if config.hidden_conv else None,
             dropout=config.dropout,
             **time_constants(config.bin_ms, config.tau_u_ms, config.tau_w_ms),
         )
@@ -447,16 +461,23 @@ def train(config: TrainConfig) -> ModelBundle:
                 indices = order[start : start + config.batch_size]
                 x, y, variants = make_batch(train_set, indices, config, rng)
                 x, y = x.to(device), y.to(device)
+                share, partner = 1.0, None
+                if config.mixup:
+                    share = float(rng.beta(config.mixup, config.mixup))
+                    partner = rng.permutation(len(indices))
+                    x = share * x + (1 - share) * x[partner]
+                targets = partner_targets = None
+                if cached_targets is not None:
+                    targets = torch.from_numpy(cached_targets[indices, variants]).to(device)
+                    partner_targets = targets if partner is None else targets[partner]
+                elif teacher is not None:
+                    with torch.no_grad():  # the teacher hears the mixed clips themselves
+                        targets = partner_targets = teacher(x)
                 evidence, _, activity = network(x)
-                loss = clip_loss(evidence, y, config.early_weight)
-                if teacher is not None:
-                    if cached_targets is not None:
-                        targets = torch.from_numpy(cached_targets[indices, variants]).to(device)
-                    else:
-                        with torch.no_grad():
-                            targets = teacher(x)
-                    loss = (1 - config.distill_weight) * loss + config.distill_weight * (
-                        distillation_loss(evidence, targets, config.temperature)
+                loss = student_loss(evidence, y, targets, config)
+                if partner is not None:
+                    loss = share * loss + (1 - share) * student_loss(
+                        evidence, y[partner], partner_targets, config
                     )
                 if config.kind == "spiking":
                     loss = loss + config.rate_weight * rate_penalty(activity)
