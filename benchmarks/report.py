@@ -49,7 +49,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import matplotlib
@@ -66,6 +66,7 @@ from models.network import Classifier, NetworkConfig
 from models.recognizer import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, Recognizer
 from models.vocabulary import DEFAULT_VOCABULARY, is_word
 from training.augment import place
+from training.config import TrainConfig
 from training.data import Clip, describe, discover, split_by_speaker
 from training.evaluate import evaluate_rasters, plot_heard_curve
 from training.features import (
@@ -672,9 +673,11 @@ def training_section(entries: list[Entry]) -> list[str]:
     lines = ["## Training settings (from each model's card)", ""]
     cards = {e.name: e.bundle.card.get("training", {}) for e in loaded}
     keys = sorted({k for card in cards.values() for k in card})
+    # A setting an older card lacks did not exist when it was trained: it ran as the default.
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     rows = []
     for key in keys:
-        values = [setting(key, cards[e.name].get(key, "–")) for e in loaded]
+        values = [setting(key, cards[e.name].get(key, defaults.get(key, "–"))) for e in loaded]
         differs = key not in ("kind", "out") and len(set(values)) > 1
         rows.append([f"**{key}**" if differs else key, *values, "differs" if differs else ""])
     train_rows = []

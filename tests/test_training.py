@@ -105,6 +105,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
         cached_teacher_targets(ensemble, train.rasters, cache), np.mean(members, 0), rtol=1e-6
     )
     student = load_model(reused)
+    assert "Distilled from an ensemble of 2 convolutional teachers" in card_markdown(student)
     assert student.network.config.input_delays == (0, 3)
     assert student.network.config.input_conv == (8, 5, 2)
     assert student.network.config.hidden_conv == (16, 5, 2)

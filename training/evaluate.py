@@ -410,6 +410,13 @@ def train_command(training: dict) -> str:
     return " ".join(words)
 
 
+def _teachers(training: dict) -> str:
+    count = len(training.get("teachers") or ())
+    if count > 1:
+        return f"an ensemble of {count} convolutional teachers (their logits averaged)"
+    return "a convolutional teacher"
+
+
 def card_markdown(bundle: ModelBundle) -> str:
     """The model card as Markdown, from the figures stored in the model file."""
     card = bundle.card
@@ -438,7 +445,7 @@ def card_markdown(bundle: ModelBundle) -> str:
         "",
         *(
             [
-                "Distilled from a convolutional teacher on the same features "
+                f"Distilled from {_teachers(training)} on the same features "
                 f"(validation accuracy {training['teacher_validation_accuracy']:.3f}, 22 classes).",
                 "",
             ]
