@@ -90,13 +90,18 @@ class NetworkConfig:
                     f"hidden_conv needs filters, taps, stride >= 1, not {self.hidden_conv}"
                 )
             filters, _, stride = self.hidden_conv
-            positions = math.ceil(self.n_inputs / self.input_conv[2])
+            positions = self.first_layer_positions()
             neurons = filters * math.ceil(positions / stride)
             if self.hidden[1] != neurons:
                 raise ValueError(
                     f"hidden_conv {self.hidden_conv} on {positions} first-layer positions makes "
                     f"{neurons} second-layer neurons, but hidden[1] is {self.hidden[1]}"
                 )
+
+    def first_layer_positions(self) -> int:
+        """Frequency positions of a frequency-shared first layer (see FrequencyConv)."""
+        assert self.input_conv is not None
+        return math.ceil(self.n_inputs / self.input_conv[2])
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -369,8 +374,7 @@ class Classifier(nn.Module):
         if config.input_conv is not None:
             inputs[0] = FrequencyConv(config.n_inputs, len(config.input_delays), *config.input_conv)
         if config.hidden_conv is not None:
-            filters, _, stride = config.input_conv
-            positions = math.ceil(config.n_inputs / stride)
+            positions, filters = config.first_layer_positions(), config.input_conv[0]
             inputs[1] = FrequencyConv(positions, filters, *config.hidden_conv, depth_major=False)
         self.layers = nn.ModuleList(
             RecurrentLayer(n_in, n_out, config, input)

@@ -1,11 +1,9 @@
 #!/bin/bash
 # Short device call: does weaker batch-time augmentation help the student (it underfits)?
 # Run from the repository root with OUT=<folder for the models> (PACK=feature pack from
-# `spikeear features`, default gpu/pack.npz); the first line installs wheels carried in .whl/
+# `spikeear features`, default gpu/pack.npz); device_setup.sh installs wheels carried in .whl/
 # where the machine lacks soxr/soundfile. Used on a lent H200; see README, Training.
-T0=$(date +%s); export PYTHONUNBUFFERED=1
-python3 -c "import soxr, soundfile" 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site; }
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+. training/sweeps/device_setup.sh
 PACK=${PACK:-gpu/pack.npz}; SB=${SB:-2.4}
 R=$OUT/r; mkdir -p $R
 TEACH="--teacher ${TEACHER:-gpu/T1.teacher.pt}"

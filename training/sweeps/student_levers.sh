@@ -5,13 +5,11 @@
 # repository root with OUT=<folder for the results> and D=<folder> holding pack20.npz
 # (a 20 ms feature pack), the teacher files named in TEACHERS, and cache/ with their cached
 # targets for that pack (as training/sweeps/teachers_both_bins.sh returns them); carry D.
-# The first line installs wheels carried in .whl/ where the machine lacks soxr/soundfile.
+# device_setup.sh installs wheels carried in .whl/ where the machine lacks soxr/soundfile.
 # Results: $OUT/students.tgz.part-* (cat them into one .tgz: a call returns only a few
 # files, each under 16 MiB), holding students/<name>.pt and .log.jsonl (validation accuracy on the 22 classes per epoch);
 # evaluate the models here with `spikeear evaluate`.  See docs/experiments.md.
-T0=$(date +%s); export PYTHONUNBUFFERED=1
-python3 -c "import soxr, soundfile" 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site; }
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+. training/sweeps/device_setup.sh
 D=${D:-runs/s14/dev}; TB=${TB:-7.0}; THREADS=${THREADS:-1}
 TEACHERS=${TEACHERS:-"v64b-20ms v64c-20ms"}
 CONV="--input-conv 16 9 4 --hidden-conv 32 5 2 --delays 0 1 2 3 4"

@@ -3,15 +3,13 @@
 # for every stored clip variant (the student's cached targets), so that students train on
 # a CPU without a teacher pass.  Run from the repository root with OUT=<folder for the
 # results> and PACK=<a 10 ms feature pack> (`spikeear features --bin-ms 10 ...`); its 20 ms
-# twin is made here by summing pairs of bins, which is exact.  The first line installs
+# twin is made here by summing pairs of bins, which is exact.  device_setup.sh installs
 # wheels carried in .whl/ where the machine lacks soxr/soundfile.  Results come back as
 # $OUT/teachers.tgz.part-* (cat them into one .tgz; each part fits what a device call
 # returns): teacher files, their logs, and cache/teacher-targets-*.npy, which
 # `spikeear train --teacher ...` finds in its --cache-dir.  Used on a lent H200; see
 # docs/experiments.md.
-T0=$(date +%s); export PYTHONUNBUFFERED=1
-python3 -c "import soxr, soundfile" 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site; }
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+. training/sweeps/device_setup.sh
 PACK=${PACK:-gpu/pack10.npz}; TB=${TB:-4.0}; EPOCHS=${EPOCHS:-120}; THREADS=${THREADS:-2}
 # name, bins (ms), architecture, width, seed
 SPECS=${SPECS:-"v64a 10 vgg 64 21;v64b 10 vgg 64 22;v48 10 vgg 48 23;r64 10 res 64 24;v64a 20 vgg 64 21;v64b 20 vgg 64 22;v48 20 vgg 48 23;r64 20 res 64 24"}

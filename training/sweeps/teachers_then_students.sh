@@ -1,11 +1,9 @@
 #!/bin/bash
 # One device call: 4 teachers side by side, then students distilled from their ensemble.
 # Run from the repository root with OUT=<folder for the models> (PACK=feature pack from
-# `spikeear features`, default gpu/pack.npz); the first line installs wheels carried in .whl/
+# `spikeear features`, default gpu/pack.npz); device_setup.sh installs wheels carried in .whl/
 # where the machine lacks soxr/soundfile. Used on a lent H200; see README, Training.
-T0=$(date +%s); export PYTHONUNBUFFERED=1
-python3 -c "import soxr, soundfile" 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site; }
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+. training/sweeps/device_setup.sh
 PACK=${PACK:-gpu/pack.npz}; TB=${TB:-2.0}; SB=${SB:-5.0}
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null
