@@ -210,6 +210,17 @@ def test_frequency_conv_shares_one_kernel_across_channels():
     assert conv.kernel.grad is not None and conv.kernel.grad.shape == (3, 2, 5)
 
 
+def test_frequency_conv_expands_its_kernel_once_per_change_for_inference():
+    conv = FrequencyConv(n_inputs=16, depth=2, filters=3, taps=5, stride=2)
+    with torch.inference_mode():
+        first = conv.weight
+        assert conv.weight is first and not first.is_inference()  # kept for the kernels
+    with torch.no_grad():
+        conv.kernel.mul_(-2.0)  # as an optimizer step or loading weights changes it
+        torch.testing.assert_close(conv.weight, -2.0 * first)
+    assert conv.weight.requires_grad  # training expands it afresh, in the graph
+
+
 def test_second_layer_convolution_slides_over_the_first_layers_positions():
     """Layer-1 neurons are laid out position-major ([position, filter]); the second
     convolution reads all their filters as depth and slides along the positions."""
