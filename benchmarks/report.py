@@ -62,7 +62,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.model_file import ModelBundle, ModelFileError, load_model
-from models.network import Classifier, NetworkConfig
+from models.network import Classifier, FrequencyConv, NetworkConfig
 from models.recognizer import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, Recognizer
 from models.vocabulary import DEFAULT_VOCABULARY, is_word
 from training.augment import place
@@ -321,7 +321,8 @@ def weight_memory(network: Classifier) -> dict:
     """Numbers and bytes the network needs at inference.
 
     Synaptic weights: float32, or for the binary network 1 bit each plus one
-    float32 scale per output neuron and matrix.  Batch-norm: folded into a
+    float32 scale per output neuron and matrix; a layer shared along frequency
+    stores its kernels once (its synapses reuse them).  Batch-norm: folded into a
     float32 scale and shift per neuron.  Neuron constants (float32): alpha,
     beta, a, b for adLIF; alpha for the analog leak; none for the binary
     network (no membrane).  Readout: float32 weights, biases and its decay.
@@ -331,12 +332,17 @@ def weight_memory(network: Classifier) -> dict:
     weight_bits = 0
     float_numbers = 0
     synapses = 0
-    for layer in network.layers:
-        for linear in (layer.input, layer.recurrent):
-            if linear is None:
-                continue
+    for index, layer in enumerate(network.layers):
+        synapses += network.input_synapses(index)
+        stored = [layer.recurrent] if layer.recurrent is not None else []
+        if layer.recurrent is not None:
+            synapses += layer.recurrent.weight.numel()
+        if isinstance(layer.input, FrequencyConv):  # never binary
+            float_numbers += layer.input.kernel.numel()
+        else:
+            stored.append(layer.input)
+        for linear in stored:
             n = linear.weight.numel()
-            synapses += n
             if binary:
                 weight_bits += n
                 float_numbers += linear.weight.shape[0]  # per-neuron scale
