@@ -1070,7 +1070,9 @@ def write_report(
         "`_silence_`. Intervals: 95 % Wilson score intervals for the clip count.",
         "- Weight memory: what inference needs. Synaptic weights float32 (4 bytes); for the "
         "binary network 1 bit per binarised weight (input and recurrent matrices) plus one "
-        "float32 scale per neuron and matrix. Batch-norm folded into a float32 scale and shift "
+        "float32 scale per neuron and matrix; a layer shared along frequency (`--input-conv`, "
+        "`--hidden-conv`) stores its kernels once, as hardware with shared weights can (the "
+        "CPU expands them into a dense matrix). Batch-norm folded into a float32 scale and shift "
         "per neuron; neuron constants float32 (adLIF: alpha, beta, a, b; analog: alpha; binary: "
         "none); readout weights, biases and decay float32 (the readout is not binarised).",
         "- Event-driven accumulates: input spikes × fan-out of the input "
