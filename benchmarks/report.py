@@ -334,20 +334,18 @@ def weight_memory(network: Classifier) -> dict:
     synapses = 0
     for index, layer in enumerate(network.layers):
         synapses += network.input_synapses(index)
-        stored = [layer.recurrent] if layer.recurrent is not None else []
         if layer.recurrent is not None:
             synapses += layer.recurrent.weight.numel()
-        if isinstance(layer.input, FrequencyConv):  # never binary
-            float_numbers += layer.input.kernel.numel()
-        else:
-            stored.append(layer.input)
-        for linear in stored:
-            n = linear.weight.numel()
-            if binary:
-                weight_bits += n
-                float_numbers += linear.weight.shape[0]  # per-neuron scale
+        for weights in (layer.input, layer.recurrent):
+            if weights is None:
+                continue
+            if isinstance(weights, FrequencyConv):  # never binary
+                float_numbers += weights.kernel.numel()
+            elif binary:
+                weight_bits += weights.weight.numel()
+                float_numbers += weights.weight.shape[0]  # per-neuron scale
             else:
-                float_numbers += n
+                float_numbers += weights.weight.numel()
         float_numbers += 2 * layer.n_out  # folded batch-norm
         float_numbers += {"spiking": 4, "analog": 1, "binary": 0}[config.kind] * layer.n_out
     readout = network.readout.weight.numel() + network.readout.bias.numel() + 1

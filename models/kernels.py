@@ -107,12 +107,11 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().numpy())
 
 
-def _cached(owner: object, name: str, sources: tuple[torch.Tensor, ...], compute) -> object:
+def cached(owner: object, name: str, sources: tuple[torch.Tensor, ...], compute) -> object:
     """``compute()``, kept on ``owner`` until one of ``sources`` changes (in place, as
     an optimizer step or loading weights does): deriving arrays from a layer's
     weights at every step of a stream would cost more than the step.  Weights built
-    in the call itself (binary or frequency-shared ones, under inference mode) are
-    not kept."""
+    in the call itself (binary ones, under inference mode) are not kept."""
     if any(t.is_inference() for t in sources):
         return compute()
     key = tuple((t._version, t.data_ptr()) for t in sources)
@@ -126,7 +125,7 @@ def _cached(owner: object, name: str, sources: tuple[torch.Tensor, ...], compute
 def weight_rows(weight: torch.Tensor) -> np.ndarray:
     """``weight.t()`` of a ``[n_out, n_in]`` weight as a contiguous array (row ``j``:
     input ``j``'s outgoing weights)."""
-    return _cached(
+    return cached(
         weight, "_spikeear_rows", (weight,), lambda: np.ascontiguousarray(_array(weight).T)
     )
 
@@ -142,7 +141,7 @@ def _affine(norm: torch.nn.BatchNorm1d) -> tuple[np.ndarray, np.ndarray]:
         return scale, beta - mean * scale
 
     sources = (norm.running_mean, norm.running_var, norm.weight, norm.bias)
-    return _cached(norm, "_spikeear_affine", sources, compute)
+    return cached(norm, "_spikeear_affine", sources, compute)
 
 
 def normalized_projection(

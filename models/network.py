@@ -242,21 +242,18 @@ class FrequencyConv(nn.Module):
             index = index.transpose(2, 3)
         self.register_buffer("index", index.reshape(self.out_features, self.in_features))
         self.synapses = int((index != unused).sum())
-        self._inference_weight: tuple[tuple[int, int, int], torch.Tensor] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self._expand(self.kernel)
-        # Inference steps a stream ten times a second: expand the kernel once per
-        # change of it (an optimizer step, loading weights), as an ordinary tensor so
-        # that the event-driven kernels keep their transposed copy of it too.
-        key = (self.kernel._version, self.kernel.data_ptr(), self.index.data_ptr())
-        if self._inference_weight is None or self._inference_weight[0] != key:
-            with torch.inference_mode(False):
-                dense = self._expand(self.kernel.detach().clone())
-            self._inference_weight = (key, dense)
-        return self._inference_weight[1]
+        # Inference steps a stream a hundred times a second: expand the kernel once per
+        # change of it, as an ordinary tensor so that the kernels keep their copy too.
+        return kernels.cached(self, "_spikeear_dense", (self.kernel, self.index), self._expand_now)
+
+    def _expand_now(self) -> torch.Tensor:
+        with torch.inference_mode(False):
+            return self._expand(self.kernel.detach())
 
     def _expand(self, kernel: torch.Tensor) -> torch.Tensor:
         flat = torch.cat([kernel.flatten(), kernel.new_zeros(1)])
