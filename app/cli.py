@@ -84,6 +84,9 @@ def _train_config(args: argparse.Namespace, **extra):
         raise CliError("give either --speech-level-dbfs or --relative-gain")
     if level and not level[0] <= level[1] < 0:
         raise CliError("--speech-level-dbfs needs LOW <= HIGH < 0 (dB full scale)")
+    pitch = args.pitch_semitones
+    if pitch and not -12 <= pitch[0] <= pitch[1] <= 12:
+        raise CliError("--pitch-semitones needs -12 <= LOW <= HIGH <= 12")
     pack = getattr(args, "features", None)
     if not level and not args.relative_gain and not pack:
         level = DEFAULT_SPEECH_LEVEL_DBFS  # a pack's level is the pack's (checked in training)
@@ -98,6 +101,7 @@ def _train_config(args: argparse.Namespace, **extra):
         bin_ms=bin_ms,
         variants=args.variants,
         speech_level_dbfs=tuple(level) if level else None,
+        pitch_semitones=tuple(pitch) if pitch else None,
         cache_dir=args.cache_dir,
         max_clips=args.max_clips,
         **extra,
@@ -457,6 +461,14 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
         action="store_true",
         help="give each augmented copy a gain of -20..+8 dB relative to its recording "
         "instead of an absolute speech level",
+    )
+    p.add_argument(
+        "--pitch-semitones",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="shift each augmented copy's spectrum by a random number of semitones in this "
+        "range at the same tempo (e.g. -2 2; default off; a run from a pack takes the pack's)",
     )
     p.add_argument(
         "--bin-ms",

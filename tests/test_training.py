@@ -298,6 +298,7 @@ def _tiny_pack(path, bin_ms: float = 20.0, augmentation: AugmentConfig | None = 
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
         (["--channel-shift", "-1"], "--channel-shift"),
         (["--weight-decay", "-0.1"], "--weight-decay"),
+        (["--pitch-semitones", "3", "-3"], "--pitch-semitones"),
         (["--mixup", "-1"], "--mixup"),
         (["--hidden-conv", "16", "5", "2"], "--hidden-conv: hidden_conv needs input_conv"),
         (["--input-conv", "8", "5", "2", "--hidden-conv", "8", "5", "2"], "128 second-layer"),
@@ -331,18 +332,40 @@ def test_training_bad_input(tmp_path, extra, message):
     assert "Traceback" not in result.stderr
 
 
-def test_a_run_from_a_pack_records_the_packs_speech_levels(tmp_path):
-    """The levels are fixed when the pack is made: the card's commands put them on
-    ``spikeear features``, where a rerun has to give them."""
+def test_a_run_from_a_pack_records_the_packs_waveform_augmentation(tmp_path, capsys):
+    """Levels and pitch shifts are fixed when the pack is made: the card's commands put
+    them on ``spikeear features``, where a rerun has to give them, and a run that asks for
+    others is refused."""
     pack, model = tmp_path / "pack.npz", tmp_path / "m.pt"
-    _tiny_pack(pack, augmentation=AugmentConfig(speech_level_dbfs=(-45.0, -12.0)))
+    made = AugmentConfig(speech_level_dbfs=(-45.0, -12.0), pitch_semitones=(-2.0, 2.0))
+    _tiny_pack(pack, augmentation=made)
     argv = ["train", "--features", str(pack), "--out", str(model), "--epochs", "1"]
+    assert main([*argv, "--pitch-semitones", "-1", "1"]) == 2
+    assert "--pitch-semitones is fixed when a pack is made" in capsys.readouterr().err
     assert main([*argv, "--hidden", "8", "--batch-size", "2", "--distill", "0"]) == 0
     bundle = load_model(model)
     assert tuple(bundle.card["training"]["speech_level_dbfs"]) == (-45.0, -12.0)
+    assert tuple(bundle.card["training"]["pitch_semitones"]) == (-2.0, 2.0)
     card = card_markdown(bundle)
-    assert "`spikeear features --speech-level-dbfs -45 -12 --data ...`" in card
+    expected = "`spikeear features --speech-level-dbfs -45 -12 --pitch-semitones -2 2 --data ...`"
+    assert expected in card
     assert "--speech-level-dbfs" not in train_command(bundle.card["training"])
+    assert "--pitch-semitones" not in train_command(bundle.card["training"])
+
+
+def test_pitch_perturbation_moves_the_spectrum_and_keeps_the_tempo():
+    """A 400 Hz tone of 0.4 s shifted by +3 semitones comes out at 476 Hz, still 0.4 s
+    long: speed perturbation alone would have shortened it."""
+    rate = 16000
+    time = np.arange(rate) / rate
+    tone = np.where((time >= 0.3) & (time < 0.7), 0.3 * np.sin(2 * np.pi * 400 * time), 0)
+    config = AugmentConfig(speed=(1.0, 1.0), pitch_semitones=(3.0, 3.0), band_limit_probability=0.0)
+    shifted = augment(tone.astype(np.float32), rate, [], np.random.default_rng(0), config)
+    spectrum = np.abs(np.fft.rfft(shifted))
+    peak_hz = np.argmax(spectrum) * rate / len(shifted)
+    assert abs(peak_hz - 400 * 2 ** (3 / 12)) < 4
+    sounding = np.flatnonzero(np.abs(shifted) > 0.2 * np.abs(shifted).max())
+    assert abs((sounding[-1] - sounding[0]) / rate - 0.4) < 0.02  # sped up: 0.34 s
 
 
 def test_a_file_that_is_not_a_pack_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""Waveform augmentation for training: noise, gain, speed, band-limiting, placement.
+"""Waveform augmentation for training: noise, gain, speed, pitch, band-limiting, placement.
 
 Every clip of every class is band-limited to 4 kHz at random, so that the FSDD
 digits (recorded at 8 kHz) cannot be told apart from the 16 kHz command words by
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import librosa
 import numpy as np
 import soxr
 
@@ -29,6 +30,7 @@ class AugmentConfig:
     # or, when set, the variant's absolute speech level (``active_level_dbfs``), e.g. (-45, -12)
     speech_level_dbfs: tuple[float, float] | None = None
     speed: tuple[float, float] = (0.85, 1.15)
+    pitch_semitones: tuple[float, float] | None = None  # e.g. (-2, 2); None: off
     band_limit_probability: float = 0.4
 
 
@@ -75,6 +77,9 @@ def augment(
     length = len(audio)
     speed = rng.uniform(*config.speed)
     audio = soxr.resample(audio, rate, int(rate / speed)).astype(np.float32)
+    if config.pitch_semitones:  # drawn only when on, so variants made without it stay as they were
+        steps = rng.uniform(*config.pitch_semitones)
+        audio = librosa.effects.pitch_shift(audio, sr=rate, n_steps=steps, res_type="soxr_hq")
     audio = place(audio, length, rng)
     if rng.random() < config.band_limit_probability:
         audio = band_limit(audio, rate)

@@ -30,6 +30,7 @@ class TrainConfig:
     bin_ms: float = 20.0
     variants: int = 3
     speech_level_dbfs: tuple[float, float] | None = None  # see AugmentConfig
+    pitch_semitones: tuple[float, float] | None = None  # see AugmentConfig
     early_weight: float = 0.0  # measured: 0.3 (with the rate bounds) stalled learning here
     rate_weight: float = 0.5
     tau_u_ms: tuple[float, float] = (50.0, 250.0)  # membrane time constants: init range and clamp

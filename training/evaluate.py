@@ -363,12 +363,16 @@ def features_command(training: dict) -> str:
 def _feature_flags(training: dict) -> str:
     """How a run's features were made, as the flags that ask for it: the training copies'
     levels (the default is absolute levels, so a run without them needs
-    ``--relative-gain``) and the bin width when it is not the default."""
+    ``--relative-gain``), pitch shifts when there were any, and the bin width when it is
+    not the default."""
     level = training.get("speech_level_dbfs")
     if not level:
         flags = "--relative-gain"
     else:
         flags = "--speech-level-dbfs " + " ".join(f"{v:g}" for v in level)
+    pitch = training.get("pitch_semitones")
+    if pitch:
+        flags += " --pitch-semitones " + " ".join(f"{v:g}" for v in pitch)
     bin_ms = training.get("bin_ms", TrainConfig.bin_ms)
     if bin_ms != TrainConfig.bin_ms:
         flags += f" --bin-ms {bin_ms:g}"

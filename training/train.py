@@ -295,7 +295,9 @@ def feature_spec(config: TrainConfig) -> FeatureSpec:
         CochleaConfig(channels=config.channels),
         config.bin_ms,
         config.variants,
-        AugmentConfig(speech_level_dbfs=config.speech_level_dbfs),
+        AugmentConfig(
+            speech_level_dbfs=config.speech_level_dbfs, pitch_semitones=config.pitch_semitones
+        ),
     )
 
 
@@ -313,15 +315,22 @@ def adopt_pack(config: TrainConfig) -> TrainConfig:
             f"{config.features}: made for channels, bin width and vocabulary {made_for}, "
             f"this run needs {wanted}"
         )
-    level = meta.get("augmentation", {}).get("speech_level_dbfs")
-    level = tuple(level) if level else None
-    if config.speech_level_dbfs not in (None, level):
-        made = f"with --speech-level-dbfs {level[0]:g} {level[1]:g}" if level else "without it"
-        raise DataError(
-            f"{config.features}: --speech-level-dbfs is fixed when a pack is made, "
-            f"and this one was made {made}"
-        )
-    return replace(config, speech_level_dbfs=level)
+    made_with = meta.get("augmentation", {})
+    level, pitch = (
+        tuple(made_with[name]) if made_with.get(name) else None
+        for name in ("speech_level_dbfs", "pitch_semitones")
+    )
+    for flag, asked, made in (
+        ("--speech-level-dbfs", config.speech_level_dbfs, level),
+        ("--pitch-semitones", config.pitch_semitones, pitch),
+    ):
+        if asked not in (None, made):
+            made_as = f"with {flag} {made[0]:g} {made[1]:g}" if made else "without it"
+            raise DataError(
+                f"{config.features}: {flag} is fixed when a pack is made, "
+                f"and this one was made {made_as}"
+            )
+    return replace(config, speech_level_dbfs=level, pitch_semitones=pitch)
 
 
 def _start_run(
