@@ -1062,7 +1062,7 @@ def write_report(
         "",
         "### How the figures are counted",
         "",
-        f"- Accuracy: the class with the highest mean probability over the clip "
+        f"- Accuracy: the class with the highest mean log-probability over the clip "
         f"(`training.evaluate.evaluate_rasters`); 20 words = clips labelled with a vocabulary "
         f"word ({results[0].words if results else 0} clips); all clips adds `_unknown_` and "
         "`_silence_`. Intervals: 95 % Wilson score intervals for the clip count.",
@@ -1097,7 +1097,7 @@ def write_report(
         "and bin, 1 MAC for batch-norm and adLIF 4 / analog 2 / binary 0 MACs for the neuron "
         "dynamics, and 2 MACs per readout class per bin (`neuron_macs_per_bin`).",
         "- Decision point: per correctly classified word clip, the bin from which the running "
-        "prediction (argmax of the summed probabilities so far) is correct and stays correct, "
+        "prediction (argmax of the summed log-probabilities so far) is correct and stays correct, "
         "as a share of the word's extent in the input spikes (`decision_points`, `word_span`); "
         "the median over clips.",
         f"- Noise: each clip's audio (centred in its 1 s window as for the clean features) plus "

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from audio_frontend.cochlea import CochleaConfig
+from models.decoding import clip_decisions
 from models.model_file import load_model
 from models.vocabulary import SILENCE, UNKNOWN
 from training.config import TrainConfig
@@ -81,7 +82,7 @@ def main() -> None:
             rasters = features.rasters[:, 0]
             student, _ = run_network(bundle.network, rasters)
             results.setdefault(source.name, {})[part] = {
-                "student": in_vocabulary_accuracy(student.mean(1).argmax(-1), features, words),
+                "student": in_vocabulary_accuracy(clip_decisions(student), features, words),
                 "teacher": in_vocabulary_accuracy(
                     teacher_probabilities(teacher, rasters).argmax(-1), features, words
                 ),

@@ -1,6 +1,6 @@
 """End-to-end word accuracy: what the service says on clips of speakers it never heard.
 
-``spikeear evaluate`` scores the network on 1 s clips (argmax of the mean class
+``spikeear evaluate`` scores the network on 1 s clips (argmax of the mean class log-
 probability).  A user hears something else: the words the recognizer emits after
 its spike-activity endpointing and its decoder (``Recognizer.transcribe``, the path
 behind ``/v1/stream``, ``/vosk`` and ``POST /v1/transcribe``).  This script runs

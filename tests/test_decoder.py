@@ -188,3 +188,26 @@ def test_speech_activity_counts_the_spikes_above_the_spectral_median():
     bins = np.stack([flat, formants, np.zeros(64)])
     assert speech_activity(bins).tolist() == [0.0, 58.0 + 38.0 + 28.0, 0.0]
     assert speech_activity(bins[None]).shape == (1, 3)  # any leading shape
+
+
+def test_a_word_ruled_out_by_some_bins_loses_to_one_no_bin_rules_out(decoder):
+    """Evidence multiplies over a word's bins (summed log-probabilities): "yes" leads
+    most bins, but a fifth of them all but exclude it, while "no" is likely throughout.
+    Summed probabilities would say "yes" (19.2 against 18.4)."""
+    mostly_yes = np.full(len(VOCAB), 0.05 / (len(VOCAB) - 2))
+    mostly_yes[[YES, NO]] = 0.6, 0.35
+    not_yes = np.full(len(VOCAB), 0.099 / (len(VOCAB) - 2))
+    not_yes[[YES, NO]] = 0.001, 0.9
+    state = decoder.new_state()
+    events = []
+    for _ in range(10):
+        events += decoder.step(state, onehot(SILENCE), 10)
+    for k in range(40):
+        events += decoder.step(state, not_yes if k % 5 == 4 else mostly_yes, 400)
+    for _ in range(60):
+        events += decoder.step(state, onehot(SILENCE), 10)
+    final = next(e for e in events if e.kind == "final")
+    assert final.word == "no"
+    # Its confidence is the normalised geometric mean of the word's bins.
+    assert 0.3 < final.confidence < 1.0
+    assert dict(final.alternatives)["yes"] < final.confidence

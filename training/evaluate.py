@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from models.decoding import clip_decisions, log_evidence
 from models.model_file import ModelBundle
 from models.network import Classifier
 from models.recognizer import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, Recognizer
@@ -57,7 +58,7 @@ def word_span(activity: np.ndarray, min_activity: float) -> tuple[int, int]:
 
 def decision_points(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Bin from which the running prediction is correct and stays correct (-1: never)."""
-    running = probabilities.cumsum(axis=1).argmax(axis=2)  # [clips, bins]
+    running = log_evidence(probabilities).cumsum(axis=1).argmax(axis=2)  # [clips, bins]
     wrong = running != labels[:, None]
     n_bins = running.shape[1]
     last_wrong = np.where(wrong.any(axis=1), n_bins - 1 - np.argmax(wrong[:, ::-1], axis=1), -1)
@@ -117,7 +118,7 @@ def evaluate_rasters(
 ) -> Evaluation:
     vocabulary = bundle.vocabulary
     probabilities, hidden_spikes = run_network(bundle.network, rasters)
-    predictions = probabilities.mean(axis=1).argmax(axis=1)
+    predictions = clip_decisions(probabilities)
     correct = predictions == labels
     words = np.array([is_word(vocabulary[i]) for i in labels])
     per_class = {
@@ -138,7 +139,7 @@ def evaluate_rasters(
     fraction_words = np.clip(fraction[early_mask], 0, None)
 
     # Accuracy of the running prediction after hearing a fraction of the word.
-    running = probabilities.cumsum(axis=1).argmax(axis=2)
+    running = log_evidence(probabilities).cumsum(axis=1).argmax(axis=2)
     curve = []
     for heard in HEARD_FRACTIONS:
         at = np.clip(spans[:, 0] + np.floor(heard * durations).astype(int), 0, rasters.shape[1] - 1)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from audio_frontend.cochlea import CochleaConfig
+from models.decoding import log_evidence
 from models.model_file import ModelBundle
 from models.network import Classifier, NetworkConfig
 from training.augment import AugmentConfig
@@ -229,9 +230,10 @@ def _progress_columns() -> list:
     ]
 
 
-def _accuracy(probabilities: np.ndarray, features: FeatureSet) -> float:
+def _accuracy(scores: np.ndarray, features: FeatureSet) -> float:
+    """Accuracy of the highest of each clip's class ``scores`` ``[clips, classes]``."""
     ok = np.flatnonzero(features.ok)
-    return float((probabilities[ok].argmax(-1) == features.labels[ok]).mean())
+    return float((scores[ok].argmax(-1) == features.labels[ok]).mean())
 
 
 def train_teacher(
@@ -497,7 +499,7 @@ def train(config: TrainConfig) -> ModelBundle:
                 schedule.step()
                 network.clamp_()
                 total_loss += loss.item() * len(indices)
-                correct += (evidence.softmax(-1).mean(1).argmax(-1) == y).sum().item()
+                correct += (evidence.log_softmax(-1).sum(1).argmax(-1) == y).sum().item()
                 rates.append([a.mean().item() for a in activity])
                 progress.update(task, advance=1, status=f"epoch {epoch + 1} loss {loss.item():.3f}")
             if config.time_budget_s and epoch == first_epoch:
@@ -507,7 +509,7 @@ def train(config: TrainConfig) -> ModelBundle:
                 cycle.total_steps = epochs * steps_per_epoch
                 progress.update(task, total=epochs * steps_per_epoch)
             probabilities, _ = run_network(network, val_set.rasters[:, 0])
-            val_accuracy = _accuracy(probabilities.mean(1), val_set)
+            val_accuracy = _accuracy(log_evidence(probabilities).sum(1), val_set)
             record = {
                 "epoch": epoch + 1,
                 "loss": total_loss / len(order),
