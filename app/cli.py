@@ -15,7 +15,7 @@ from audio_frontend.audio_io import AudioError
 from models.model_file import ModelFileError
 from models.network import KINDS
 from training.augment import DEFAULT_SPEECH_LEVEL_DBFS
-from training.config import CLIP_READOUTS, TrainConfig
+from training.config import TrainConfig
 from training.data import DataError
 from training.teacher import ARCHITECTURES
 
@@ -172,7 +172,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         threads=args.threads,
         features=args.features,
         early_weight=args.early_weight,
-        clip_readout=args.clip_readout,
         rate_weight=args.rate_weight,
         distill_weight=args.distill,
         temperature=args.temperature,
@@ -590,13 +589,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --input-conv 16 9 4: e.g. 32 5 2 for 256 neurons)",
     )
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument(
-        "--clip-readout",
-        choices=CLIP_READOUTS,
-        default=TrainConfig.clip_readout,
-        help="what the clip loss averages over the steps: probabilities, or log-probabilities "
-        "(their geometric mean, whose best class is the one the decoder reads)",
-    )
     for flag, kind, default, text in (
         ("--dropout", float, TrainConfig.dropout, "dropout on hidden activity"),
         ("--weight-decay", float, TrainConfig.weight_decay, "AdamW decay of weight matrices"),

@@ -25,12 +25,7 @@ from training.augment import (
 from training.evaluate import card_markdown, features_command, train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import ARCHITECTURES, ConvTeacher, TeacherEnsemble
-from training.train import (
-    cached_teacher_targets,
-    clip_log_probabilities,
-    decay_groups,
-    running_log_probabilities,
-)
+from training.train import cached_teacher_targets, decay_groups
 
 
 @pytest.fixture(scope="module")
@@ -458,24 +453,3 @@ def test_augmented_level_does_not_depend_on_the_recording():
         low, high = config.speech_level_dbfs
         assert low - 0.5 <= min(levels) and max(levels) <= high + 0.5
         assert np.ptp(levels) > 0.5 * (high - low)  # spread over the range, not clustered
-
-
-def test_clip_readouts_average_probabilities_or_their_logarithms():
-    """``probability`` (the default) is the mean of the steps' probabilities, as before;
-    ``log-probability`` their normalised geometric mean, whose best class is the one the
-    decoder reads; the running versions end at the clip's."""
-    evidence = torch.randn(3, 9, 5, generator=torch.Generator().manual_seed(0))
-    steps = evidence.softmax(-1)
-    arithmetic = clip_log_probabilities(evidence, "probability")
-    torch.testing.assert_close(arithmetic, torch.log(steps.mean(1) + 1e-8))
-    geometric = torch.exp(torch.log(steps).mean(1))
-    expected = torch.log(geometric / geometric.sum(-1, keepdim=True))
-    torch.testing.assert_close(clip_log_probabilities(evidence, "log-probability"), expected)
-    for readout in ("probability", "log-probability"):
-        running = running_log_probabilities(evidence, readout)
-        torch.testing.assert_close(running[:, -1], clip_log_probabilities(evidence, readout))
-        torch.testing.assert_close(running[:, 0], evidence[:, 0].log_softmax(-1), atol=1e-6, rtol=0)
-    assert "--clip-readout log-probability" in train_command(
-        {"clip_readout": "log-probability", "epochs": 1, "seed": 0}
-    )
-    assert "--clip-readout" not in train_command({"epochs": 1, "seed": 0})

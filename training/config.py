@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 
 from models.vocabulary import DEFAULT_VOCABULARY
 
-CLIP_READOUTS = ("probability", "log-probability")  # what the clip loss averages; train.py
-
 
 @dataclass
 class TrainConfig:
@@ -33,7 +31,6 @@ class TrainConfig:
     variants: int = 3
     speech_level_dbfs: tuple[float, float] | None = None  # see AugmentConfig
     pitch_semitones: tuple[float, float] | None = None  # see AugmentConfig
-    clip_readout: str = "probability"  # one of CLIP_READOUTS
     early_weight: float = 0.0  # measured: 0.3 (with the rate bounds) stalled learning here
     rate_weight: float = 0.5
     tau_u_ms: tuple[float, float] = (50.0, 250.0)  # membrane time constants: init range and clamp

@@ -351,7 +351,6 @@ _TRAIN_FLAGS = {
     "max_channel_shift": "--channel-shift",
     "teacher_targets": "--teacher-targets",
     "temperature": "--temperature",
-    "clip_readout": "--clip-readout",
 }
 
 

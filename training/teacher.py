@@ -164,9 +164,10 @@ class TeacherEnsemble(nn.Module):
 
 
 def distillation_loss(
-    student_log_probabilities: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    student_evidence: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """KL from the teacher's softened probabilities to the student's softened clip output
-    (log-probabilities ``[batch, classes]``), scaled by T^2."""
+    """KL from the teacher's softened probabilities to the student's clip output
+    (the mean over time of its softened per-step probabilities), scaled by T^2."""
+    student = (student_evidence / temperature).softmax(-1).mean(dim=1)
     target = (teacher_logits / temperature).softmax(-1)
-    return F.kl_div(student_log_probabilities, target, reduction="batchmean") * temperature**2
+    return F.kl_div(torch.log(student + 1e-8), target, reduction="batchmean") * temperature**2

@@ -1,10 +1,7 @@
 """Training loop for the spikeear classifier, readable top to bottom.
 
 Loss (per clip, from the per-step class evidence ``u_t`` of the readout):
-``CE(log mean_t softmax(u_t))`` for the whole clip (``clip_readout="probability"``), or
-``CE(log softmax(mean_t u_t))`` (``"log-probability"``: the normalised geometric mean of the
-steps' probabilities, whose best class is the one the decoder and ``spikeear evaluate`` read
-from a clip), plus ``early_weight`` times
+``CE(log mean_t softmax(u_t))`` for the whole clip, plus ``early_weight`` times
 the mean over ``t`` of the same loss on the running mean up to ``t`` (ED-sKWS),
 which rewards a correct answer early, plus firing-rate bounds (sparch).  With
 ``distill_weight``, part of the clip loss moves to matching a convolutional
@@ -55,33 +52,13 @@ def time_constants(
     }
 
 
-def running_log_probabilities(
-    evidence: torch.Tensor, readout: str, temperature: float = 1.0
-) -> torch.Tensor:
-    """The clip's class log-probabilities after each step ``[batch, time, classes]``: the
-    running mean of the steps' probabilities, or their normalised geometric mean."""
-    steps = torch.arange(1, evidence.shape[1] + 1, device=evidence.device)[None, :, None]
-    if readout == "log-probability":
-        return (evidence.cumsum(dim=1) / (steps * temperature)).log_softmax(dim=-1)
-    probabilities = (evidence / temperature).softmax(dim=-1)
-    return torch.log(probabilities.cumsum(dim=1) / steps + 1e-8)
-
-
-def clip_log_probabilities(
-    evidence: torch.Tensor, readout: str, temperature: float = 1.0
-) -> torch.Tensor:
-    """The whole clip's class log-probabilities ``[batch, classes]``."""
-    if readout == "log-probability":
-        return (evidence.mean(dim=1) / temperature).log_softmax(dim=-1)
-    return torch.log((evidence / temperature).softmax(dim=-1).mean(dim=1) + 1e-8)
-
-
-def clip_loss(
-    evidence: torch.Tensor, labels: torch.Tensor, early_weight: float, readout: str = "probability"
-) -> torch.Tensor:
-    loss = F.nll_loss(clip_log_probabilities(evidence, readout), labels)
+def clip_loss(evidence: torch.Tensor, labels: torch.Tensor, early_weight: float) -> torch.Tensor:
+    probabilities = evidence.softmax(dim=-1)
+    final = torch.log(probabilities.mean(dim=1) + 1e-8)
+    loss = F.nll_loss(final, labels)
     if early_weight:
-        running = running_log_probabilities(evidence, readout)
+        steps = torch.arange(1, evidence.shape[1] + 1, device=evidence.device)[None, :, None]
+        running = torch.log(probabilities.cumsum(dim=1) / steps + 1e-8)
         early = F.nll_loss(running.flatten(0, 1), labels.repeat_interleave(evidence.shape[1]))
         loss = loss + early_weight * early
     return loss
@@ -91,12 +68,11 @@ def student_loss(
     evidence: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, config: TrainConfig
 ) -> torch.Tensor:
     """The clip loss, part of it moved to the teacher's targets when there are any."""
-    loss = clip_loss(evidence, labels, config.early_weight, config.clip_readout)
+    loss = clip_loss(evidence, labels, config.early_weight)
     if targets is None:
         return loss
-    student = clip_log_probabilities(evidence, config.clip_readout, config.temperature)
     return (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
-        student, targets, config.temperature
+        evidence, targets, config.temperature
     )
 
 
