@@ -448,27 +448,24 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--variants", type=int, default=TrainConfig.variants, help="augmented copies per clip"
     )
-    p.add_argument(
-        "--speech-level-dbfs",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="set each augmented copy to a random speech level in this range (default -45 "
-        "-12; a run from a pack takes the pack's)",
-    )
+    for flag, text in (
+        (
+            "--speech-level-dbfs",
+            "set each augmented copy to a random speech level in this range (default -45 -12; "
+            "a run from a pack takes the pack's)",
+        ),
+        (
+            "--pitch-semitones",
+            "shift each augmented copy's spectrum by a random number of semitones in this "
+            "range at the same tempo (e.g. -2 2; default off; a run from a pack takes the pack's)",
+        ),
+    ):
+        p.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), help=text)
     p.add_argument(
         "--relative-gain",
         action="store_true",
         help="give each augmented copy a gain of -20..+8 dB relative to its recording "
         "instead of an absolute speech level",
-    )
-    p.add_argument(
-        "--pitch-semitones",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="shift each augmented copy's spectrum by a random number of semitones in this "
-        "range at the same tempo (e.g. -2 2; default off; a run from a pack takes the pack's)",
     )
     p.add_argument(
         "--bin-ms",
