@@ -33,15 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from models.decoding import log_evidence
 from models.model_file import load_model
 from models.vocabulary import is_word
-from training.data import discover, split_by_speaker
+from training.data import validation_clips
 from training.evaluate import run_network
 from training.features import FeatureSpec, build_features
 
 RULES = {
     "mean probability": lambda p: p.mean(axis=1),
-    "mean log-probability": lambda p: np.log(p + 1e-12).mean(axis=1),
+    "mean log-probability": lambda p: log_evidence(p).mean(axis=1),
     "last step": lambda p: p[:, -1],
     "most confident step": lambda p: p.max(axis=1),
 }
@@ -69,8 +70,7 @@ def main() -> None:
     results = {}
     for path in args.model:
         bundle = load_model(path)
-        clips = [c for root in args.data for c in discover(root, bundle.vocabulary)]
-        clips = [c for c in split_by_speaker(clips)[1] if not c.synthetic]
+        clips = validation_clips(args.data, bundle.vocabulary)
         spec = FeatureSpec(bundle.frontend, bundle.bin_ms, 0)
         features = build_features(
             clips, bundle.vocabulary, spec, Path(args.cache_dir), False, description="eval"

@@ -40,7 +40,7 @@ from models.decoding import WordEvent
 from models.model_file import load_model
 from models.recognizer import Recognizer, StreamOptions
 from models.vocabulary import SILENCE, UNKNOWN
-from training.data import discover, split_by_speaker
+from training.data import validation_clips
 
 
 def outcome(label: str, words: list[str]) -> str:
@@ -83,9 +83,7 @@ def main() -> None:
     torch.set_num_threads(1)
     bundle = load_model(args.model)
     recognizer = Recognizer(bundle)
-    clips = [c for root in args.data for c in discover(root, bundle.vocabulary)]
-    _, clips = split_by_speaker(clips)
-    clips = [c for c in clips if not c.synthetic]
+    clips = validation_clips(args.data, bundle.vocabulary)
     counts: dict[str, Counter] = {"word": Counter(), UNKNOWN: Counter(), SILENCE: Counter()}
     per_source: dict[str, Counter] = {}
     unreadable = 0

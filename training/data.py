@@ -163,6 +163,12 @@ def split_by_speaker(
     return train, validation
 
 
+def validation_clips(roots: list[str], vocabulary: tuple[str, ...]) -> list[Clip]:
+    """The recorded clips of the held-out speakers of ``roots`` (what benchmarks score)."""
+    clips = [c for root in roots for c in discover(root, vocabulary)]
+    return [c for c in split_by_speaker(clips)[1] if not c.synthetic]
+
+
 def describe(clips: list[Clip]) -> dict:
     """Clip and speaker counts per source, for the model card."""
     summary = {}

@@ -56,9 +56,13 @@ def word_span(activity: np.ndarray, min_activity: float) -> tuple[int, int]:
     return int(active[0]), int(active[-1])
 
 
-def decision_points(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def running_predictions(probabilities: np.ndarray) -> np.ndarray:
+    """The class each clip is read as after each bin ``[clips, bins]``."""
+    return log_evidence(probabilities).cumsum(axis=1).argmax(axis=2)
+
+
+def decision_points(running: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Bin from which the running prediction is correct and stays correct (-1: never)."""
-    running = log_evidence(probabilities).cumsum(axis=1).argmax(axis=2)  # [clips, bins]
     wrong = running != labels[:, None]
     n_bins = running.shape[1]
     last_wrong = np.where(wrong.any(axis=1), n_bins - 1 - np.argmax(wrong[:, ::-1], axis=1), -1)
@@ -132,14 +136,14 @@ def evaluate_rasters(
     # Early decisions, relative to each word's span in the input spikes.
     activity = rasters.sum(axis=2).astype(np.float64)
     spans = np.array([word_span(a, min_activity) for a in activity])
-    decided = decision_points(probabilities, labels)
+    running = running_predictions(probabilities)
+    decided = decision_points(running, labels)
     durations = np.maximum(spans[:, 1] - spans[:, 0] + 1, 1)
     fraction = (decided - spans[:, 0]) / durations
     early_mask = words & correct & (decided >= 0)
     fraction_words = np.clip(fraction[early_mask], 0, None)
 
     # Accuracy of the running prediction after hearing a fraction of the word.
-    running = log_evidence(probabilities).cumsum(axis=1).argmax(axis=2)
     curve = []
     for heard in HEARD_FRACTIONS:
         at = np.clip(spans[:, 0] + np.floor(heard * durations).astype(int), 0, rasters.shape[1] - 1)
