@@ -25,7 +25,7 @@ from training.augment import (
 from training.evaluate import card_markdown, features_command, train_command
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import ARCHITECTURES, ConvTeacher, TeacherEnsemble
-from training.train import cached_teacher_targets, decay_groups
+from training.train import cached_teacher_targets, decay_groups, teacher_logits
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +94,13 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     assert main(["train", *args]) == 0
     assert not reused.with_suffix(".teacher.pt").exists()
     # One cache file per member: a later ensemble reuses the members it shares.
-    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npz"))) == 2
     ensemble = TeacherEnsemble.load(
         [model.with_suffix(".teacher.pt"), second.with_suffix(".teacher.pt")], torch.device("cpu")
     )
     assert [t.arch for t in ensemble.members] == ["res", "vgg"]
     members = [cached_teacher_targets(t, train.rasters, cache) for t in ensemble.members]
-    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("teacher-targets-*.npz"))) == 2
     np.testing.assert_allclose(
         cached_teacher_targets(ensemble, train.rasters, cache), np.mean(members, 0), rtol=1e-6
     )
@@ -453,3 +453,23 @@ def test_augmented_level_does_not_depend_on_the_recording():
         low, high = config.speech_level_dbfs
         assert low - 0.5 <= min(levels) and max(levels) <= high + 0.5
         assert np.ptp(levels) > 0.5 * (high - low)  # spread over the range, not clustered
+
+
+def test_cached_teacher_targets_pay_only_for_new_clip_copies(tmp_path, capsys):
+    """A pack that adds clips to another (a new data source) reuses the known copies'
+    targets; a copy stored twice is computed once."""
+    teacher = ConvTeacher(n_classes=5, width=4)
+    rasters = np.random.default_rng(0).integers(0, 3, (6, 2, 50, 16)).astype(np.uint8)
+    rasters[5, 1] = rasters[0, 0]
+    cache = str(tmp_path)
+    first = cached_teacher_targets(teacher, rasters[:4], cache)
+    assert "teacher targets for 8 of 8 clip copies" in capsys.readouterr().out
+    extended = cached_teacher_targets(teacher, rasters, cache)
+    assert "teacher targets for 3 of 12 clip copies" in capsys.readouterr().out
+    again = cached_teacher_targets(teacher, rasters, cache)
+    assert "teacher targets" not in capsys.readouterr().out
+    expected = teacher_logits(teacher, rasters.reshape(12, 50, 16)).reshape(6, 2, 5)
+    np.testing.assert_allclose(extended, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(extended[:4], first)
+    np.testing.assert_array_equal(again, extended)
+    assert len(list(tmp_path.glob("teacher-targets-*.npz"))) == 1

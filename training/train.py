@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -379,28 +380,65 @@ def cached_teacher_targets(
 ) -> np.ndarray:
     """The teacher's logits for every stored variant of every clip ``[clips, variants,
     classes]``, computed once: the student sees its shifted and masked batches, the
-    teacher the whole variant, and a CPU run pays no teacher pass per batch.  Kept in
-    ``cache_dir`` by teacher weights and features, so that runs from the same pack and
-    teacher (a student and its analog twin) share them; an ensemble's are the mean of
-    its members', each cached on its own, so that a new ensemble reuses known members."""
+    teacher the whole variant, and a CPU run pays no teacher pass per batch.
+
+    Kept in ``cache_dir``, one file per teacher, one row per clip copy found by its spike
+    counts: runs from the same pack share them (a student and its analog twin), a pack
+    that adds clips to another pays only for the new copies, and an ensemble's targets are
+    the mean of its members', each cached on its own, so that a new ensemble reuses known
+    members."""
     if isinstance(teacher, TeacherEnsemble):
         return np.mean(
             [cached_teacher_targets(member, rasters, cache_dir) for member in teacher.members],
             axis=0,
         )
-    digest = hashlib.sha1(np.ascontiguousarray(rasters).data)
-    for tensor in teacher.state_dict().values():
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    path = Path(cache_dir) / f"teacher-targets-{digest.hexdigest()[:16]}.npy"
-    if path.exists():
-        return np.load(path)
     clips, variants = rasters.shape[:2]
-    print(f"teacher targets for {clips} clips x {variants} variants ...")
-    flat = rasters.reshape(clips * variants, *rasters.shape[2:])
-    targets = teacher_logits(teacher, flat).reshape(clips, variants, -1)
+    copies = rasters.reshape(clips * variants, *rasters.shape[2:])
+    keys = copy_digests(copies)
+    path = Path(cache_dir) / f"teacher-targets-{weights_digest(teacher)}.npz"
+    known_keys, known_targets = read_target_cache(path)
+    row = {key: i for i, key in enumerate(known_keys)}
+    missing = [i for i, key in enumerate(keys) if key not in row]
+    if missing:
+        new_keys, first = np.unique([keys[i] for i in missing], return_index=True)
+        print(f"teacher targets for {len(new_keys)} of {len(keys)} clip copies ...")
+        new_targets = teacher_logits(teacher, copies[np.array(missing)[first]])
+        if len(known_keys):
+            known_keys = np.concatenate([known_keys, new_keys])
+            known_targets = np.concatenate([known_targets, new_targets])
+        else:
+            known_keys, known_targets = new_keys, new_targets
+        write_target_cache(path, known_keys, known_targets)
+        row = {key: i for i, key in enumerate(known_keys)}
+    return known_targets[[row[k] for k in keys]].reshape(clips, variants, -1)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha1()
+    for tensor in module.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def copy_digests(copies: np.ndarray) -> list[str]:
+    """A key per clip copy ``[copies, bins, channels]``: its shape and spike counts."""
+    shape = str(copies.shape[1:]).encode()
+    return [hashlib.sha1(shape + np.ascontiguousarray(c).data).hexdigest() for c in copies]
+
+
+def read_target_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        return np.array([], dtype="U40"), np.zeros((0, 0), np.float32)
+    with np.load(path) as stored:
+        return stored["keys"], stored["targets"]
+
+
+def write_target_cache(path: Path, keys: np.ndarray, targets: np.ndarray) -> None:
+    # Written aside and renamed, so that two runs sharing a cache never read half a file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, targets)
-    return targets
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
+    np.savez(partial, keys=keys, targets=targets)
+    os.replace(partial, path)
 
 
 def train(config: TrainConfig) -> ModelBundle:

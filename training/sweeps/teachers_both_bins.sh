@@ -6,7 +6,7 @@
 # twin is made here by summing pairs of bins, which is exact.  device_setup.sh installs
 # wheels carried in .whl/ where the machine lacks soxr/soundfile.  Results come back as
 # $OUT/teachers.tgz.part-* (cat them into one .tgz; each part fits what a device call
-# returns): teacher files, their logs, and cache/teacher-targets-*.npy, which
+# returns): teacher files, their logs, and cache/teacher-targets-*.npz, which
 # `spikeear train --teacher ...` finds in its --cache-dir.  Used on a lent H200; see
 # docs/experiments.md.
 . training/sweeps/device_setup.sh
