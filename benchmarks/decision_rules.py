@@ -15,11 +15,13 @@ change of rule is measured on every model at hand rather than on one:
 
 Paired over the same clips, so differences between rules of a few clips are real for
 these clips; whether they hold for other speakers is what several models tell.
+``--together`` adds a row for the models as one ensemble (the sum of their mean
+log-probabilities), to see whether their errors are shared.
 
 Run from the repository root::
 
     python benchmarks/decision_rules.py --data ../shared/data/speech_commands \\
-        --data ../shared/data/fsdd --model A.pt [--model B.pt ...] [--json]
+        --data ../shared/data/fsdd --model A.pt [--model B.pt ...] [--together] [--json]
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ def rule_accuracies(probabilities: np.ndarray, labels: np.ndarray, words: np.nda
     """In-vocabulary and all-class accuracy of each rule on ``[clips, steps, classes]``."""
     results = {}
     for name, rule in RULES.items():
-        correct = rule(probabilities).argmax(axis=1) == labels
-        results[name] = {
-            "in_vocabulary": float(correct[words].mean()),
-            "all_classes": float(correct.mean()),
-        }
+        results[name] = scores(rule(probabilities), labels, words)
     return results
+
+
+def scores(evidence: np.ndarray, labels: np.ndarray, words: np.ndarray) -> dict:
+    """In-vocabulary and all-class accuracy of the argmax of ``[clips, classes]``."""
+    correct = evidence.argmax(axis=1) == labels
+    return {"in_vocabulary": float(correct[words].mean()), "all_classes": float(correct.mean())}
 
 
 def main() -> None:
@@ -65,9 +69,12 @@ def main() -> None:
     parser.add_argument("--data", action="append", required=True, help="dataset folder")
     parser.add_argument("--model", action="append", required=True, help="model file (repeat)")
     parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument(
+        "--together", action="store_true", help="also read the models as one ensemble"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
-    results = {}
+    results, evidence = {}, []
     for path in args.model:
         bundle = load_model(path)
         clips = validation_clips(args.data, bundle.vocabulary)
@@ -80,6 +87,10 @@ def main() -> None:
         labels = features.labels[ok]
         words = np.array([is_word(bundle.vocabulary[i]) for i in labels])
         results[path] = rule_accuracies(probabilities, labels, words)
+        evidence.append(RULES["mean log-probability"](probabilities))
+    if args.together:
+        together = scores(np.sum(evidence, axis=0), labels, words)
+        results["together"] = {"mean log-probability": together}
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -87,8 +98,10 @@ def main() -> None:
     print("|---" * (len(RULES) + 1) + "|")
     for path, by_rule in results.items():
         cells = [
-            f"{100 * r['in_vocabulary']:.1f} / {100 * r['all_classes']:.1f}"
-            for r in by_rule.values()
+            f"{100 * by_rule[rule]['in_vocabulary']:.1f} / {100 * by_rule[rule]['all_classes']:.1f}"
+            if rule in by_rule
+            else ""
+            for rule in RULES
         ]
         print(f"| {Path(path).name} | " + " | ".join(cells) + " |")
     print("\n(in-vocabulary / all 22 classes, % of the validation clips)")

@@ -396,20 +396,17 @@ def cached_teacher_targets(
     copies = rasters.reshape(clips * variants, *rasters.shape[2:])
     keys = copy_digests(copies)
     path = Path(cache_dir) / f"teacher-targets-{weights_digest(teacher)}.npz"
-    known_keys, known_targets = read_target_cache(path)
+    known_keys, known_targets = read_target_cache(path, teacher.n_classes)
     row = {key: i for i, key in enumerate(known_keys)}
     missing = [i for i, key in enumerate(keys) if key not in row]
     if missing:
         new_keys, first = np.unique([keys[i] for i in missing], return_index=True)
         print(f"teacher targets for {len(new_keys)} of {len(keys)} clip copies ...")
         new_targets = teacher_logits(teacher, copies[np.array(missing)[first]])
-        if len(known_keys):
-            known_keys = np.concatenate([known_keys, new_keys])
-            known_targets = np.concatenate([known_targets, new_targets])
-        else:
-            known_keys, known_targets = new_keys, new_targets
+        row.update((key, len(known_keys) + i) for i, key in enumerate(new_keys))
+        known_keys = np.concatenate([known_keys, new_keys])
+        known_targets = np.concatenate([known_targets, new_targets])
         write_target_cache(path, known_keys, known_targets)
-        row = {key: i for i, key in enumerate(known_keys)}
     return known_targets[[row[k] for k in keys]].reshape(clips, variants, -1)
 
 
@@ -426,9 +423,9 @@ def copy_digests(copies: np.ndarray) -> list[str]:
     return [hashlib.sha1(shape + np.ascontiguousarray(c).data).hexdigest() for c in copies]
 
 
-def read_target_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_target_cache(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
-        return np.array([], dtype="U40"), np.zeros((0, 0), np.float32)
+        return np.array([], dtype="U40"), np.zeros((0, n_classes), np.float32)
     with np.load(path) as stored:
         return stored["keys"], stored["targets"]
 
