@@ -580,10 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hidden-conv",
         type=int,
-        nargs=3,
-        metavar=("FILTERS", "TAPS", "STRIDE"),
-        help="second-layer weights shared across the first layer's frequency positions "
-        "(with --input-conv 16 9 4: e.g. 32 5 2 for 256 neurons)",
+        nargs="+",
+        metavar="FILTERS TAPS STRIDE",
+        help="later layers' weights shared across the previous layer's frequency positions, "
+        "three numbers per layer from the second on (with --input-conv 16 9 4: e.g. 32 5 2 "
+        "for 256 second-layer neurons, 32 5 2 64 3 2 for the third layer too)",
     )
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     for flag, kind, default, text in (

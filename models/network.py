@@ -39,6 +39,10 @@ from models.neurons import (
 KINDS = ("spiking", "analog", "binary")
 
 
+def _ordinal(n: int) -> str:
+    return ("first", "second", "third", "fourth")[n - 1] if n <= 4 else f"{n}th"
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     n_inputs: int = 64
@@ -57,10 +61,12 @@ class NetworkConfig:
     # Input weights of the first layer shared across frequency, as (filters, taps,
     # stride): see FrequencyConv.  None is a dense first layer.
     input_conv: tuple[int, int, int] | None = None
-    # The second layer's input weights shared the same way over the first layer's
-    # frequency positions (filters, taps, stride), with all its filters as depth:
-    # a two-layer spiking convolution along frequency.  Needs input_conv.
-    hidden_conv: tuple[int, int, int] | None = None
+    # Later layers' input weights shared the same way over the previous layer's
+    # frequency positions, with all its filters as depth: one (filters, taps, stride)
+    # triple per layer from the second on, flat, so (32, 5, 2) shares the second layer
+    # (a two-layer spiking convolution along frequency) and (32, 5, 2, 64, 3, 2) the
+    # third as well.  Needs input_conv.
+    hidden_conv: tuple[int, ...] | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,39 +75,43 @@ class NetworkConfig:
         if not self.input_delays or min(self.input_delays) < 0:
             raise ValueError(f"input delays must be bins >= 0, not {self.input_delays}")
         if self.input_conv is not None:
-            filters, _, stride = self.input_conv
-            if min(self.input_conv) < 1:
+            if len(self.input_conv) != 3 or min(self.input_conv) < 1:
                 raise ValueError(
                     f"input_conv needs filters, taps, stride >= 1, not {self.input_conv}"
                 )
             if self.kind == "binary":
                 raise ValueError("input_conv is for the spiking and analog kinds")
-            neurons = filters * math.ceil(self.n_inputs / stride)
-            if self.hidden[0] != neurons:
-                raise ValueError(
-                    f"input_conv {self.input_conv} on {self.n_inputs} inputs makes {neurons} "
-                    f"first-layer neurons, but hidden[0] is {self.hidden[0]}"
-                )
         if self.hidden_conv is not None:
             if self.input_conv is None or len(self.hidden) < 2:
                 raise ValueError("hidden_conv needs input_conv and at least two layers")
-            if min(self.hidden_conv) < 1:
+            if not self.hidden_conv or len(self.hidden_conv) % 3 or min(self.hidden_conv) < 1:
                 raise ValueError(
-                    f"hidden_conv needs filters, taps, stride >= 1, not {self.hidden_conv}"
+                    "hidden_conv needs filters, taps, stride >= 1 for each shared layer, "
+                    f"not {self.hidden_conv}"
                 )
-            filters, _, stride = self.hidden_conv
-            positions = self.first_layer_positions()
-            neurons = filters * math.ceil(positions / stride)
-            if self.hidden[1] != neurons:
+            if len(self.hidden_conv) // 3 > len(self.hidden) - 1:
                 raise ValueError(
-                    f"hidden_conv {self.hidden_conv} on {positions} first-layer positions makes "
-                    f"{neurons} second-layer neurons, but hidden[1] is {self.hidden[1]}"
+                    f"hidden_conv {self.hidden_conv} shares {len(self.hidden_conv) // 3} layers "
+                    f"after the first, but there are only {len(self.hidden) - 1}"
                 )
+        inputs, what = self.n_inputs, "inputs"
+        for layer, (filters, taps, stride) in enumerate(self.shared_layers()):
+            neurons = filters * math.ceil(inputs / stride)
+            if self.hidden[layer] != neurons:
+                name = "input_conv" if layer == 0 else "hidden_conv"
+                raise ValueError(
+                    f"{name} {(filters, taps, stride)} on {inputs} {what} makes {neurons} "
+                    f"{_ordinal(layer + 1)}-layer neurons, but hidden[{layer}] is "
+                    f"{self.hidden[layer]}"
+                )
+            inputs, what = math.ceil(inputs / stride), "positions"
 
-    def first_layer_positions(self) -> int:
-        """Frequency positions of a frequency-shared first layer (see FrequencyConv)."""
-        assert self.input_conv is not None
-        return math.ceil(self.n_inputs / self.input_conv[2])
+    def shared_layers(self) -> list[tuple[int, int, int]]:
+        """(filters, taps, stride) of each layer shared along frequency, first layer first."""
+        if self.input_conv is None:
+            return []
+        rest = self.hidden_conv or ()
+        return [tuple(self.input_conv)] + [tuple(rest[i : i + 3]) for i in range(0, len(rest), 3)]
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -382,11 +392,12 @@ class Classifier(nn.Module):
         self.longest_delay = max(config.input_delays)
         sizes = (config.n_inputs * len(config.input_delays), *config.hidden)
         inputs: list[nn.Module | None] = [None] * len(config.hidden)
-        if config.input_conv is not None:
-            inputs[0] = FrequencyConv(config.n_inputs, len(config.input_delays), *config.input_conv)
-        if config.hidden_conv is not None:
-            positions, filters = config.first_layer_positions(), config.input_conv[0]
-            inputs[1] = FrequencyConv(positions, filters, *config.hidden_conv, depth_major=False)
+        positions, depth = config.n_inputs, len(config.input_delays)
+        for layer, (filters, taps, stride) in enumerate(config.shared_layers()):
+            inputs[layer] = FrequencyConv(
+                positions, depth, filters, taps, stride, depth_major=layer == 0
+            )
+            positions, depth = math.ceil(positions / stride), filters
         self.layers = nn.ModuleList(
             RecurrentLayer(n_in, n_out, config, input)
             for (n_in, n_out), input in zip(itertools.pairwise(sizes), inputs, strict=True)

@@ -13,6 +13,7 @@ from models.vocabulary import DEFAULT_VOCABULARY
 
 CONV = (3, 5, 4)  # filters, taps, stride: 3 * 16 first-layer neurons on 64 channels
 SECOND_CONV = (4, 3, 2)  # over the first layer's 16 positions: 4 * 8 second-layer neurons
+SECOND_AND_THIRD = (*SECOND_CONV, 6, 3, 2)  # and over its 8 positions: 6 * 4 third-layer neurons
 
 
 def trained_like(
@@ -20,13 +21,13 @@ def trained_like(
     seed: int = 0,
     input_delays: tuple[int, ...] = (0,),
     input_conv: tuple[int, int, int] | None = None,
-    hidden_conv: tuple[int, int, int] | None = None,
+    hidden_conv: tuple[int, ...] | None = None,
 ) -> Classifier:
     """A random network whose batch norms have seen data, so its layers spike."""
     torch.manual_seed(seed)
     network = Classifier(
         NetworkConfig(
-            hidden=(48, 32),
+            hidden=(48, 32, 24) if hidden_conv == SECOND_AND_THIRD else (48, 32),
             kind=kind,
             input_delays=input_delays,
             input_conv=input_conv,
@@ -60,6 +61,7 @@ def inputs(batch: int = 3, time: int = 40) -> torch.Tensor:
         ("spiking", (0, 1, 2), CONV, None),
         ("analog", (0,), CONV, None),
         ("spiking", (0, 1, 2), CONV, SECOND_CONV),
+        ("spiking", (0, 1, 2), CONV, SECOND_AND_THIRD),
     ],
 )
 def test_step_mode_equals_sequence_mode(kind, input_delays, input_conv, hidden_conv):
@@ -88,6 +90,7 @@ def test_step_mode_equals_sequence_mode(kind, input_delays, input_conv, hidden_c
         ("binary", (0,), None, None),
         ("spiking", (0, 1, 2), CONV, None),
         ("spiking", (0,), CONV, SECOND_CONV),
+        ("spiking", (0, 2), CONV, SECOND_AND_THIRD),
     ],
 )
 def test_event_driven_inference_equals_dense_torch(kind, input_delays, input_conv, hidden_conv):
@@ -244,6 +247,22 @@ def test_frequency_conv_needs_a_matching_first_layer():
         NetworkConfig(hidden=(48, 32), hidden_conv=SECOND_CONV)
     with pytest.raises(ValueError, match="32 second-layer neurons, but hidden"):
         NetworkConfig(hidden=(48, 40), input_conv=CONV, hidden_conv=SECOND_CONV)
+    with pytest.raises(ValueError, match="24 third-layer neurons, but hidden"):
+        NetworkConfig(hidden=(48, 32, 20), input_conv=CONV, hidden_conv=SECOND_AND_THIRD)
+    with pytest.raises(ValueError, match="only 1"):
+        NetworkConfig(hidden=(48, 32), input_conv=CONV, hidden_conv=SECOND_AND_THIRD)
+    with pytest.raises(ValueError, match="for each shared layer"):
+        NetworkConfig(hidden=(48, 32, 24), input_conv=CONV, hidden_conv=(*SECOND_CONV, 6))
+
+
+def test_third_layer_convolution_reads_the_second_layers_positions():
+    network = Classifier(
+        NetworkConfig(hidden=(48, 32, 24), input_conv=CONV, hidden_conv=SECOND_AND_THIRD)
+    )
+    third = network.layers[2].input
+    assert isinstance(third, FrequencyConv)
+    assert third.weight.shape == (4 * 6, 8 * 4)  # 4 positions x 6 filters, 8 positions x 4
+    assert third.kernel.shape == (6, 4, 3)  # the second layer's filters as depth
 
 
 def test_model_file_round_trip(tmp_path):

@@ -302,6 +302,7 @@ def _tiny_pack(path, bin_ms: float = 20.0, augmentation: AugmentConfig | None = 
         (["--mixup", "-1"], "--mixup"),
         (["--hidden-conv", "16", "5", "2"], "--hidden-conv: hidden_conv needs input_conv"),
         (["--input-conv", "8", "5", "2", "--hidden-conv", "8", "5", "2"], "128 second-layer"),
+        (["--input-conv", "8", "5", "2", "--hidden-conv", "8", "5"], "for each shared layer"),
         (["--speech-level-dbfs", "-12", "-45"], "--speech-level-dbfs"),
         (["--speech-level-dbfs", "-40", "-10"], "this one was made without it"),
     ],

@@ -24,7 +24,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (256, 256, 256)
     input_delays: tuple[int, ...] = (0,)  # bins; see NetworkConfig
     input_conv: tuple[int, int, int] | None = None  # (filters, taps, stride); see NetworkConfig
-    hidden_conv: tuple[int, int, int] | None = None  # the second layer's; see NetworkConfig
+    hidden_conv: tuple[int, ...] | None = None  # later layers', flat triples; see NetworkConfig
     dropout: float = 0.1  # on hidden spikes during training
     channels: int = 64
     bin_ms: float = 20.0
