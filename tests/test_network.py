@@ -25,9 +25,10 @@ def trained_like(
 ) -> Classifier:
     """A random network whose batch norms have seen data, so its layers spike."""
     torch.manual_seed(seed)
+    layers = max(2, 1 + len(hidden_conv or ()) // 3)  # a layer for each shared one, two at least
     network = Classifier(
         NetworkConfig(
-            hidden=(48, 32, 24) if hidden_conv == SECOND_AND_THIRD else (48, 32),
+            hidden=(48, 32, 24)[:layers],
             kind=kind,
             input_delays=input_delays,
             input_conv=input_conv,
