@@ -94,24 +94,29 @@ class NetworkConfig:
                     f"hidden_conv {self.hidden_conv} shares {len(self.hidden_conv) // 3} layers "
                     f"after the first, but there are only {len(self.hidden) - 1}"
                 )
-        inputs, what = self.n_inputs, "inputs"
-        for layer, (filters, taps, stride) in enumerate(self.shared_layers()):
-            neurons = filters * math.ceil(inputs / stride)
+        for layer, (positions, _, filters, taps, stride) in enumerate(self.shared_layers()):
+            neurons = filters * math.ceil(positions / stride)
             if self.hidden[layer] != neurons:
-                name = "input_conv" if layer == 0 else "hidden_conv"
+                name, what = ("hidden_conv", "positions") if layer else ("input_conv", "inputs")
                 raise ValueError(
-                    f"{name} {(filters, taps, stride)} on {inputs} {what} makes {neurons} "
+                    f"{name} {(filters, taps, stride)} on {positions} {what} makes {neurons} "
                     f"{_ordinal(layer + 1)}-layer neurons, but hidden[{layer}] is "
                     f"{self.hidden[layer]}"
                 )
-            inputs, what = math.ceil(inputs / stride), "positions"
 
-    def shared_layers(self) -> list[tuple[int, int, int]]:
-        """(filters, taps, stride) of each layer shared along frequency, first layer first."""
+    def shared_layers(self) -> list[tuple[int, int, int, int, int]]:
+        """FrequencyConv's (positions, depth, filters, taps, stride) for each layer shared
+        along frequency, first layer first: the first reads the channels at every delay,
+        each later one the previous layer's positions with its filters as depth."""
         if self.input_conv is None:
             return []
         rest = self.hidden_conv or ()
-        return [tuple(self.input_conv)] + [tuple(rest[i : i + 3]) for i in range(0, len(rest), 3)]
+        triples = [self.input_conv, *(rest[i : i + 3] for i in range(0, len(rest), 3))]
+        layers, positions, depth = [], self.n_inputs, len(self.input_delays)
+        for filters, taps, stride in triples:
+            layers.append((positions, depth, filters, taps, stride))
+            positions, depth = math.ceil(positions / stride), filters
+        return layers
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -392,12 +397,8 @@ class Classifier(nn.Module):
         self.longest_delay = max(config.input_delays)
         sizes = (config.n_inputs * len(config.input_delays), *config.hidden)
         inputs: list[nn.Module | None] = [None] * len(config.hidden)
-        positions, depth = config.n_inputs, len(config.input_delays)
-        for layer, (filters, taps, stride) in enumerate(config.shared_layers()):
-            inputs[layer] = FrequencyConv(
-                positions, depth, filters, taps, stride, depth_major=layer == 0
-            )
-            positions, depth = math.ceil(positions / stride), filters
+        for layer, shape in enumerate(config.shared_layers()):
+            inputs[layer] = FrequencyConv(*shape, depth_major=layer == 0)
         self.layers = nn.ModuleList(
             RecurrentLayer(n_in, n_out, config, input)
             for (n_in, n_out), input in zip(itertools.pairwise(sizes), inputs, strict=True)
