@@ -1,12 +1,19 @@
-"""From per-bin class probabilities and input spike activity to words with times.
+"""From input spike activity and per-bin class probabilities to words with times.
 
-Word boundaries come from the spike activity of the cochlea itself: it is quiet
-in silence, so a word is where the input's speech activity (:func:`speech_activity`:
-the spikes above the bin's median over channels) rises clearly above the stream's
-background level (a running floor that falls fast and rises slowly).
-Within a word the decoder sums the classifier's log-probabilities
-(:func:`log_evidence`); the leading hypothesis is streamed as a partial whenever it
-changes, and the word is finalised when activity has stayed low for ``hangover_bins``.
+Two steps, one per bin, each with its own per-stream state:
+
+1. :class:`Endpointer` decides where words are from the cochlea's own activity
+   (it is quiet in silence): a word is where the input's speech activity
+   (:func:`speech_activity`: the spikes above the bin's median over channels)
+   rises clearly above the stream's background level (a running floor that falls
+   fast and rises slowly), and it ends when activity has stayed low for
+   ``hangover_bins``.  It needs no network output, so it runs as soon as a bin is
+   counted: the recognizer knows every word end (where the network goes back to
+   rest) before the network runs.
+2. :class:`Decoder` reads the network's output over those boundaries: within a
+   word it sums the classes' log-probabilities (:func:`log_evidence`), streams the
+   leading hypothesis as a partial whenever it changes, and decides the word when
+   the endpointer closes it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,12 @@ class DecoderConfig:
     hangover_s: float = 0.25  # quiet time that closes it
     min_word_s: float = 0.08
     max_word_s: float = 1.5
+    rest_after_s: float = 1.0  # without a word for this long, the network goes back to rest
     min_confidence: float = 0.35  # below this a final is reported as unknown
+
+    def bins(self, seconds: float, bin_s: float) -> int:
+        """A duration in whole bins (at least one)."""
+        return max(1, round(seconds / bin_s))
 
 
 class WordEvent(NamedTuple):
@@ -47,103 +59,47 @@ class WordEvent(NamedTuple):
 class Boundary(NamedTuple):
     """What one bin did to the word boundaries."""
 
-    opened: bool  # a word starts (its onset bins included)
+    opened: bool  # a word starts at ``start_bin`` (its onset bins included)
     active: bool  # speech activity inside a word, the opening bin included
     closed: bool  # the word ends with this bin
+    rest: bool  # the network goes back to rest after this bin (a word ended, or a long pause)
+    bin: int  # this bin's index in the stream
+    start_bin: int  # the current (or just closed) word's first bin
+    last_active_bin: int  # ... and its last active bin so far
 
 
 @dataclass
-class DecoderState:
-    allowed: np.ndarray  # bool [classes]: words this stream may report
+class EndpointerState:
     floor: float = -1.0  # set by the first bin
     provisional_level: float = 0.0  # > 0 while the word opened by a loud first bin is unconfirmed
     bin_index: int = 0
     run: int = 0  # consecutive active bins
     quiet: int = 0  # quiet bins since the word's last active bin
+    idle: int = 0  # bins since the last word ended or the network last rested
     in_word: bool = False
     start_bin: int = 0
     last_active_bin: int = 0
-    evidence: np.ndarray = field(default_factory=lambda: np.zeros(0))  # summed log_evidence
-    evidence_bins: int = 0
-    leader: int = -1
-    onset_history: list[np.ndarray] = field(default_factory=list)
-
-    def copy(self) -> DecoderState:
-        """A shallow copy (faster than ``copy.copy``, which goes through pickling hooks)."""
-        twin = object.__new__(DecoderState)
-        twin.__dict__.update(self.__dict__)
-        return twin
 
 
-class Decoder:
-    def __init__(self, vocabulary: tuple[str, ...], bin_s: float, config: DecoderConfig) -> None:
-        self.vocabulary = vocabulary
-        self.bin_s = bin_s
+class Endpointer:
+    """Word boundaries from the input's speech activity alone, one bin at a time."""
+
+    def __init__(self, bin_s: float, config: DecoderConfig) -> None:
         self.config = config
         self.min_activity = config.min_activity_rate * bin_s
         self.floor_rise = min(1.0, config.floor_rise_per_s * bin_s)
-        self.onset_bins = max(1, round(config.onset_s / bin_s))
-        self.hangover_bins = max(1, round(config.hangover_s / bin_s))
-        self.soft_onset_bins = max(1, round(config.soft_onset_s / bin_s))
-        self.min_word_bins = max(1, round(config.min_word_s / bin_s))
-        self.max_word_bins = max(1, round(config.max_word_s / bin_s))
-        self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
-        self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
-        self.silence = np.array([w == SILENCE for w in vocabulary])
-        self.speech = ~self.silence
-        self.has_silence = bool(self.silence.any())
+        self.onset_bins = config.bins(config.onset_s, bin_s)
+        self.hangover_bins = config.bins(config.hangover_s, bin_s)
+        self.soft_onset_bins = config.bins(config.soft_onset_s, bin_s)
+        self.max_word_bins = config.bins(config.max_word_s, bin_s)
+        self.rest_after_bins = config.bins(config.rest_after_s, bin_s)
 
-    def new_state(self, words: list[str] | None = None) -> DecoderState:
-        """``words`` restricts what may be reported (the fillers always stay)."""
-        if words is None:
-            allowed = np.ones(len(self.vocabulary), bool)
-        else:
-            unknown = sorted(set(words) - set(self.vocabulary))
-            if unknown:
-                raise ValueError(f"words not in the model's vocabulary: {', '.join(unknown)}")
-            allowed = np.array([w in words for w in self.vocabulary]) | self.filler
-        return DecoderState(allowed=allowed, evidence=np.zeros(len(self.vocabulary)))
+    def new_state(self) -> EndpointerState:
+        return EndpointerState()
 
-    def step(
-        self, state: DecoderState, probabilities: np.ndarray, activity: float
-    ) -> list[WordEvent]:
-        """Advance one bin: ``probabilities`` of the classes (the network's softmax),
-        ``activity`` the bin's :func:`speech_activity`."""
-        return self.advance(state, probabilities, activity)[0]
-
-    def advance(
-        self, state: DecoderState, probabilities: np.ndarray, activity: float
-    ) -> tuple[list[WordEvent], Boundary]:
-        """:meth:`step`, also returning what the bin did to the word boundaries (so
-        that a caller stepping the network bin by bin needs no look-ahead copy)."""
-        events: list[WordEvent] = []
-        evidence = log_evidence(probabilities)
-        # While idle, keep the last bins: a word's evidence starts at its onset.
-        was_in_word = state.in_word
-        if not was_in_word:
-            state.onset_history = [*state.onset_history, evidence][-self.onset_bins :]
-        else:
-            state.evidence = state.evidence + evidence
-            state.evidence_bins += 1
-        boundary = self.endpoint(state, activity)
-        if boundary.opened:
-            # A word that takes over from a provisional one starts with this bin alone.
-            if was_in_word:
-                state.evidence, state.evidence_bins = evidence, 1
-            else:
-                state.evidence = np.sum(state.onset_history, axis=0)
-                state.evidence_bins = len(state.onset_history)
-            state.leader = -1
-        if boundary.active:
-            events += self._partial(state)
-        if boundary.closed:
-            events += self._final(state, state.bin_index * self.bin_s)
-        return events, boundary
-
-    def endpoint(self, state: DecoderState, activity: float) -> Boundary:
-        """The word-boundary part of :meth:`step`: it depends on the input activity
-        alone, so a copy of the state can look ahead to where words end (the
-        recognizer batches the network over the segments between them)."""
+    def step(self, state: EndpointerState, activity: float, last: bool = False) -> Boundary:
+        """Advance one bin of :func:`speech_activity` ``activity``; ``last``: the stream
+        ends with this bin, which closes a word still open."""
         cfg = self.config
         first_bin = state.floor < 0
         if first_bin or activity < state.floor:
@@ -152,6 +108,7 @@ class Decoder:
             state.floor += self.floor_rise * (activity - state.floor)
         active = activity >= max(self.min_activity, cfg.floor_ratio * state.floor)
         opened = closed = False
+        start = state.start_bin
         if first_bin and activity >= self.min_activity:
             # A loud start is either a word already under way (a trimmed recording)
             # or steady background noise: hold a provisional word from this bin.
@@ -190,16 +147,91 @@ class Decoder:
             else:
                 state.quiet += 1
             length = state.bin_index - state.start_bin + 1
-            if state.quiet >= self.hangover_bins or length >= self.max_word_bins:
-                closed = True
-                _close(state)
+            closed = state.quiet >= self.hangover_bins or length >= self.max_word_bins
+        if last and state.in_word:
+            closed = True
+        if closed:
+            state.in_word = False
+            state.run = 0
+            state.provisional_level = 0.0
+        # Training clips start from rest: so does the network after each word and
+        # after a long pause, and no word's state leaks into the next.
+        state.idle = 0 if state.in_word else state.idle + 1
+        rest = closed or state.idle >= self.rest_after_bins
+        if rest:
+            state.idle = 0
+        boundary = Boundary(
+            opened, active, closed, rest, state.bin_index, state.start_bin, state.last_active_bin
+        )
         state.bin_index += 1
-        return Boundary(opened, active, closed)
+        return boundary
 
-    def flush(self, state: DecoderState) -> list[WordEvent]:
-        """End of stream: finalise a word in progress."""
-        # Decided one bin after the last one counted, as a word closed by quiet would be.
-        return self._final(state, (state.bin_index + 1) * self.bin_s) if state.in_word else []
+
+@dataclass
+class DecoderState:
+    allowed: np.ndarray  # bool [classes]: words this stream may report
+    evidence: np.ndarray  # float [classes]: the word's summed log_evidence
+    evidence_bins: int = 0
+    in_word: bool = False
+    leader: int = -1  # the class last streamed as a partial
+    onset_history: list[np.ndarray] = field(default_factory=list)  # evidence of the last bins
+
+
+class Decoder:
+    """Words from the network's per-bin class probabilities over the endpointer's
+    boundaries, one bin at a time."""
+
+    def __init__(self, vocabulary: tuple[str, ...], bin_s: float, config: DecoderConfig) -> None:
+        self.vocabulary = vocabulary
+        self.bin_s = bin_s
+        self.config = config
+        self.onset_bins = config.bins(config.onset_s, bin_s)
+        self.min_word_bins = config.bins(config.min_word_s, bin_s)
+        self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
+        self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
+        self.silence = np.array([w == SILENCE for w in vocabulary])
+        self.speech = ~self.silence
+        self.has_silence = bool(self.silence.any())
+
+    def new_state(self, words: list[str] | None = None) -> DecoderState:
+        """``words`` restricts what may be reported (the fillers always stay)."""
+        if words is None:
+            allowed = np.ones(len(self.vocabulary), bool)
+        else:
+            unknown = sorted(set(words) - set(self.vocabulary))
+            if unknown:
+                raise ValueError(f"words not in the model's vocabulary: {', '.join(unknown)}")
+            allowed = np.array([w in words for w in self.vocabulary]) | self.filler
+        return DecoderState(allowed=allowed, evidence=np.zeros(len(self.vocabulary)))
+
+    def step(
+        self, state: DecoderState, probabilities: np.ndarray, boundary: Boundary
+    ) -> list[WordEvent]:
+        """Advance one bin: ``probabilities`` of the classes (the network's softmax) and
+        what the :class:`Endpointer` decided for the same bin."""
+        events: list[WordEvent] = []
+        evidence = log_evidence(probabilities)
+        if not state.in_word:  # keep the last bins: a word's evidence starts at its onset
+            state.onset_history = [*state.onset_history, evidence][-self.onset_bins :]
+        else:
+            state.evidence = state.evidence + evidence
+            state.evidence_bins += 1
+        if boundary.opened:
+            # A word that takes over from a provisional one starts with this bin alone.
+            if state.in_word:
+                state.evidence, state.evidence_bins = evidence, 1
+            else:
+                state.evidence = np.sum(state.onset_history, axis=0)
+                state.evidence_bins = len(state.onset_history)
+            state.leader = -1
+            state.in_word = True
+        if boundary.active:
+            events += self._partial(state, boundary)
+        if boundary.closed:
+            events += self._final(state, boundary)
+            state.in_word = False
+            state.onset_history = []
+        return events
 
     def _speech_scores(self, state: DecoderState) -> np.ndarray | None:
         """The word's probability of each speech class this stream may report (the
@@ -216,7 +248,7 @@ class Decoder:
         shares = np.exp(speech - speech.max())
         return shares / shares.sum()
 
-    def _partial(self, state: DecoderState) -> list[WordEvent]:
+    def _partial(self, state: DecoderState, boundary: Boundary) -> list[WordEvent]:
         scores = self._speech_scores(state)
         if scores is None:
             return []
@@ -226,24 +258,21 @@ class Decoder:
         state.leader = leader
         if self.filler[leader]:
             return []
-        now = state.bin_index * self.bin_s  # the end of the bin just counted
+        now = (boundary.bin + 1) * self.bin_s  # the end of the bin just counted
         return [
             WordEvent(
                 "partial",
                 self.vocabulary[leader],
                 float(scores[leader]),
                 now,
-                state.start_bin * self.bin_s,
+                boundary.start_bin * self.bin_s,
                 now,
             )
         ]
 
-    def _final(self, state: DecoderState, now: float) -> list[WordEvent]:
-        """The word that has just closed, decided at ``now`` (seconds)."""
-        _close(state)
-        state.onset_history = []
-        cfg = self.config
-        if state.last_active_bin - state.start_bin + 1 < self.min_word_bins:
+    def _final(self, state: DecoderState, boundary: Boundary) -> list[WordEvent]:
+        """The word that closes with this bin."""
+        if boundary.last_active_bin - boundary.start_bin + 1 < self.min_word_bins:
             return []
         scores = self._speech_scores(state)
         if scores is None:
@@ -251,7 +280,7 @@ class Decoder:
         order = np.argsort(scores)[::-1]
         best = int(order[0])
         confidence = float(scores[best])
-        if confidence < cfg.min_confidence and self.unknown >= 0:
+        if confidence < self.config.min_confidence and self.unknown >= 0:
             best = self.unknown
         alternatives = tuple(
             (self.vocabulary[i], float(scores[i])) for i in order[:5] if scores[i] > 0
@@ -261,9 +290,9 @@ class Decoder:
                 "final",
                 self.vocabulary[best],
                 confidence,
-                now,
-                state.start_bin * self.bin_s,
-                (state.last_active_bin + 1) * self.bin_s,
+                (boundary.bin + 1) * self.bin_s,
+                boundary.start_bin * self.bin_s,
+                (boundary.last_active_bin + 1) * self.bin_s,
                 alternatives,
             )
         ]
@@ -285,7 +314,7 @@ def clip_decisions(probabilities: np.ndarray) -> np.ndarray:
 
 
 def speech_activity(counts: np.ndarray) -> np.ndarray:
-    """What the decoder reads as a bin's activity, from its input spike counts
+    """What the endpointer reads as a bin's activity, from its input spike counts
     ``[..., channels]``: the spikes above the bin's median over channels.
 
     Speech puts its spikes in a few formant bands; broadband noise spreads them
@@ -295,9 +324,3 @@ def speech_activity(counts: np.ndarray) -> np.ndarray:
     digital silence still gives zero.
     """
     return np.maximum(counts - np.median(counts, axis=-1, keepdims=True), 0.0).sum(axis=-1)
-
-
-def _close(state: DecoderState) -> None:
-    state.in_word = False
-    state.run = 0
-    state.provisional_level = 0.0

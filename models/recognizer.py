@@ -1,15 +1,21 @@
 """The one recognizer behind every transport: audio or spike events in, words out.
 
-A :class:`Stream` owns all per-stream state (cochlea, binning, network, decoder),
-so chunked input gives the same words as a whole file, and :meth:`Recognizer.step`
-advances any set of streams together, stacking their network states into one
-batch.  Batch transcription is the same path with a single stream.
+A :class:`Stream` owns all per-stream state (cochlea, binning, endpointer,
+network row, decoder), so chunked input gives the same words as a whole file.
+There is one path from bins to words, :meth:`Recognizer.step`: it advances any
+set of streams together, by one bin each (live streaming) or by many (a stream
+that fell behind, or a whole file: batch transcription is streaming with all
+the input available).
+
+The endpointer decides each bin's word boundary as soon as the bin is counted,
+from the input alone.  So before the network runs, every bin after which it goes
+back to rest is known, and the bins between rests are independent sequences:
+they go through the network side by side as one batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -20,14 +26,22 @@ import torch
 from audio_frontend.audio_io import check_sample_rate
 from audio_frontend.cochlea import Cochlea, CochleaState
 from audio_frontend.events import SpikeBinner, SpikeEvents
-from models.decoding import Decoder, DecoderConfig, DecoderState, WordEvent, speech_activity
+from models.costs import NetworkCosts, energy_pj
+from models.decoding import (
+    Boundary,
+    Decoder,
+    DecoderConfig,
+    DecoderState,
+    Endpointer,
+    EndpointerState,
+    WordEvent,
+    speech_activity,
+)
 from models.model_file import ModelBundle
 from models.network import NetworkState, StatePool
 from models.vocabulary import SILENCE, UNKNOWN
 
-PICOJOULES_PER_AC = 0.9  # 45 nm accumulate (Horowitz 2014)
-PICOJOULES_PER_MAC = 4.6  # 45 nm multiply-accumulate
-DRAIN_BINS = 3000  # transcription batches the network over about this many bins (60 s)
+DRAIN_BINS = 3000  # transcription runs the network over about this many bins at once (60 s)
 
 
 @dataclass(frozen=True)
@@ -53,19 +67,26 @@ class StreamActivity(NamedTuple):
     last_output: np.ndarray  # float32 [classes]: class probabilities after the last bin
 
 
+class ReadyBin(NamedTuple):
+    """A counted bin waiting for the network, with its word boundary already decided."""
+
+    counts: np.ndarray  # float32 [channels]: input spikes per channel
+    boundary: Boundary
+
+
 @dataclass
 class Stream:
     options: StreamOptions
     cochlea: CochleaState | None
     binner: SpikeBinner
+    endpointer: EndpointerState
     row: int  # this stream's row in the recognizer's StatePool
     decoder: DecoderState
-    ready: list[np.ndarray] = field(default_factory=list)  # complete bins not yet stepped
-    input_spikes: int = 0
-    hidden_spikes: int = 0
-    synaptic_ops: int = 0
+    layer_spikes: np.ndarray  # float64 [layers]: hidden spikes so far
+    ready: list[ReadyBin] = field(default_factory=list)  # counted, not yet through the network
+    input_spikes: int = 0  # spike events received
+    stepped_input_spikes: float = 0.0  # ... of them, in bins through the network
     bins_done: int = 0
-    idle_bins: int = 0  # bins since the last word ended
     finished: bool = False
     last_spike_time: float = 0.0
     activity: StreamActivity | None = None  # set after each network call
@@ -78,6 +99,25 @@ class Transcript:
     stats: dict
 
 
+class _Segment(NamedTuple):
+    """Consecutive ready bins of one stream that one network call runs as a sequence:
+    from the stream's state (``first``) or from rest, up to a rest or the window's end."""
+
+    stream: int  # index into the stepped streams
+    start: int  # first bin, index into the stream's window
+    end: int
+    first: bool  # continues from the stream's network state
+    keeps_state: bool  # the stream's state after it (no rest at its end)
+
+
+class _WindowOutput(NamedTuple):
+    """What the network did with a stream's window of bins."""
+
+    probabilities: np.ndarray  # float32 [bins, classes]
+    layer_spikes: np.ndarray  # float32 [bins, layers]: hidden spikes
+    inputs: np.ndarray  # float32 [bins, channels]: the input spike counts
+
+
 class Recognizer:
     def __init__(self, bundle: ModelBundle, decoder: DecoderConfig | None = None) -> None:
         self.bundle = bundle
@@ -86,12 +126,12 @@ class Recognizer:
         self.cochlea = Cochlea(bundle.frontend)
         self.vocabulary = bundle.vocabulary
         self.bin_s = bundle.bin_ms / 1000
-        self.decoder = Decoder(self.vocabulary, self.bin_s, decoder or DecoderConfig())
+        config = decoder or DecoderConfig()
+        self.endpointer = Endpointer(self.bin_s, config)
+        self.decoder = Decoder(self.vocabulary, self.bin_s, config)
         self.bin_samples = round(self.bin_s * bundle.frontend.sample_rate)
         self.n_channels = bundle.frontend.channels
-        self._fan_out = self._synaptic_fan_out()
-        self._dense_macs_per_bin = self._dense_macs()
-        self._reset_after_bins = round(1.0 / self.bin_s)
+        self.costs = NetworkCosts.of(self.network)
 
     # ----- opening and feeding streams -------------------------------------------------
     def open_stream(self, options: StreamOptions | None = None) -> Stream:
@@ -104,8 +144,10 @@ class Recognizer:
             options=options,
             cochlea=cochlea_state,
             binner=SpikeBinner(self.n_channels, self.bin_samples, self.bundle.frontend.sample_rate),
+            endpointer=self.endpointer.new_state(),
             row=self.pool.allocate(),
             decoder=self.decoder.new_state(words),
+            layer_spikes=np.zeros(len(self.network.config.hidden)),
         )
 
     def close_stream(self, stream: Stream) -> None:
@@ -135,11 +177,11 @@ class Recognizer:
         all_events = self.cochlea.process_many(
             [(samples, stream.cochlea, final) for stream, samples, final in chunks]
         )
+        counted = []
         for (stream, _, final), events in zip(chunks, all_events, strict=True):
             stream.input_spikes += len(events)
-            stream.ready.extend(stream.binner.add(events, stream.cochlea.samples_done))
-            if final:
-                self._finish(stream)
+            counted.append((stream, stream.binner.add(events, stream.cochlea.samples_done), final))
+        self._queue(counted)
 
     def feed_spikes(self, stream: Stream, events: SpikeEvents, final: bool = False) -> int:
         """Spike events from an external cochlea; times must not go back."""
@@ -154,20 +196,32 @@ class Recognizer:
             stream.last_spike_time = float(events.times[-1])
         stream.input_spikes += len(events)
         until = round(stream.last_spike_time * self.bundle.frontend.sample_rate)
-        stream.ready.extend(stream.binner.add(events, until))
-        if final:
-            self._finish(stream)
+        self._queue([(stream, stream.binner.add(events, until), final)])
         return len(stream.ready)
 
-    def _finish(self, stream: Stream) -> None:
-        # The end of a stream is the speaker falling silent: as many bins of silence
-        # as close a word by quiet follow the audio, so that a word at the very end
-        # is decided as it would be live, after the network's evidence has settled
-        # (its leaky readout lags the input).  Always, whatever the audio's length,
-        # so that the words do not depend on how the input was chunked.
-        silence = np.zeros(self.n_channels, np.float32)
-        stream.ready.extend([*stream.binner.flush(), *[silence] * self.decoder.hangover_bins])
-        stream.finished = True
+    def _queue(self, counted: list[tuple[Stream, np.ndarray, bool]]) -> None:
+        """Queue each stream's newly complete bins with their word boundaries."""
+        all_bins = []
+        for stream, bins, final in counted:
+            if final:
+                # The end of a stream is the speaker falling silent: as many bins of
+                # silence as close a word by quiet follow the audio, so that a word at
+                # the very end is decided as it would be live, after the network's
+                # evidence has settled (its leaky readout lags the input).  Always,
+                # whatever the audio's length, so that the words do not depend on how
+                # the input was chunked.
+                silence = np.zeros((self.endpointer.hangover_bins, self.n_channels), np.float32)
+                bins = np.concatenate([bins, stream.binner.flush(), silence])
+                stream.finished = True
+            all_bins.append(bins)
+        activity = speech_activity(np.concatenate(all_bins)).tolist()  # one call for all
+        done = 0
+        for (stream, _, final), bins in zip(counted, all_bins, strict=True):
+            last = len(bins) - 1 if final else -1
+            for t in range(len(bins)):
+                boundary = self.endpointer.step(stream.endpointer, activity[done + t], t == last)
+                stream.ready.append(ReadyBin(bins[t], boundary))
+            done += len(bins)
 
     # ----- stepping ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -175,211 +229,128 @@ class Recognizer:
         self, streams: list[Stream], max_bins: int = 1, catch_up: int = 0
     ) -> list[list[WordEvent]]:
         """Advance each stream by its next ready bin, or, for a stream holding more than
-        ``catch_up`` ready bins, by up to ``max_bins`` of them (step mode).
+        ``catch_up`` ready bins, by up to ``max_bins`` of them; returns each stream's
+        word events.
 
-        Streams advancing by the same number of bins go through the network as one
-        batch: with one bin per stream (the default), one call for all of them.  A
-        stream that has fallen behind advances by several bins in one call, instead
-        of one call per bin (less work per bin, but a longer call), up to
-        and including the next bin after which its network rests (found ahead
-        from the input activity, as :meth:`drain` does), so that each call starts
-        from the state the stream would have when stepped bin by bin.
+        One bin per stream (live streaming) is one network call for all of them.  A
+        stream that has fallen behind, or a whole recording, advances by many bins in
+        a call: less work per bin, but a longer call.  Its bins are cut at the rests
+        the endpointer decided, and all the pieces of all the streams run as a few
+        batched sequences.
         """
-        groups: dict[int, list[int]] = {}
-        for i, stream in enumerate(streams):
+        windows = []
+        for stream in streams:
             behind = max_bins > 1 and len(stream.ready) > catch_up
-            n = self._window(stream, max_bins) if behind else 1
-            groups.setdefault(n, []).append(i)
-        results: list[list[WordEvent]] = [[] for _ in streams]
-        rests: list[int] = []  # rows going back to rest after their last bin
-        for n, members in groups.items():
-            group = [streams[i] for i in members]
-            events = self._step_group(group, n, rests)
-            for i, stream_events in zip(members, events, strict=True):
-                results[i] = stream_events
-        if rests:
-            with self.pool.lock:
-                self.pool.reset_many(rests)
-        return results
-
-    def _window(self, stream: Stream, max_bins: int) -> int:
-        """How many of the stream's ready bins (at most ``max_bins``) one network call
-        may take: up to and including the first one after which the network rests."""
-        n = min(max_bins, len(stream.ready))
-        if n <= 1:
-            return n
-        activity = speech_activity(np.stack(stream.ready[:n])).tolist()
-        rests, _ = self._look_ahead(stream, activity, first_only=True)
-        return rests[0] + 1 if rests else n
-
-    def _step_group(self, streams: list[Stream], n: int, rests: list[int]) -> list[list[WordEvent]]:
-        """``n`` bins of each stream through one network call, then the decoder."""
-        if n == 1:
-            bins = np.stack([s.ready[0] for s in streams])[:, None]
-        else:
-            bins = np.stack([np.stack(s.ready[:n]) for s in streams])
-        rows = torch.tensor([s.row for s in streams])
-        with self.pool.lock:
-            evidence, state, activity = self.network(torch.from_numpy(bins), self.pool.gather(rows))
-            self.pool.scatter(rows, state)
-        probabilities = evidence.softmax(-1).numpy()  # [streams, n, classes]
-        # Per-stream accounting for all streams at once.
-        layer_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=-1)  # [s, n, layers]
-        input_spikes = bins.sum(axis=2)  # [streams, n]
-        hidden_spikes = layer_spikes.sum(axis=(1, 2)).tolist()
-        synaptic_ops = (
-            (input_spikes * self._fan_out[0] + layer_spikes @ self._fan_out[1:])
-            .sum(axis=1)
-            .tolist()
-        )
-        speech = speech_activity(bins).tolist()  # what the decoder reads, [streams][n]
-        decoder = self.decoder
-        results = []
-        for i, stream in enumerate(streams):
+            n = min(max_bins if behind else 1, len(stream.ready))
+            windows.append(stream.ready[:n])
             del stream.ready[:n]
+        results = []
+        for stream, window, output in zip(
+            streams, windows, self._run_network(streams, windows), strict=True
+        ):
+            if not window:
+                results.append([])
+                continue
             events: list[WordEvent] = []
-            for t in range(n):
-                # Decoding a bin also tells where the word ends: the network rests after
-                # the bin that closes a word (``_window`` ends the call there).
-                bin_events, boundary = decoder.advance(
-                    stream.decoder, probabilities[i, t], speech[i][t]
-                )
-                events += bin_events
-                stream.idle_bins = 0 if stream.decoder.in_word else stream.idle_bins + 1
-                if boundary.closed or stream.idle_bins >= self._reset_after_bins:
-                    stream.idle_bins = 0
-                    if t < n - 1:  # _window and the decoder disagree: cannot happen
-                        raise RuntimeError("network rest inside a stepped window")
-                    rests.append(stream.row)
-            stream.bins_done += n
+            for ready, probabilities in zip(window, output.probabilities, strict=True):
+                events += self.decoder.step(stream.decoder, probabilities, ready.boundary)
+            stream.bins_done += len(window)
+            input_counts = output.inputs.sum(axis=0)
+            stream.stepped_input_spikes += float(input_counts.sum())
+            stream.layer_spikes += output.layer_spikes.sum(axis=0, dtype=np.float64)
             if stream.options.activity:
-                self._note_activity(stream, bins[i].sum(axis=0), probabilities[i, -1])
-            if stream.finished and not stream.ready:
-                events += decoder.flush(stream.decoder)
-            stream.hidden_spikes += int(hidden_spikes[i])
-            stream.synaptic_ops += int(synaptic_ops[i])
-            results.append(self._visible(stream, events) if events else events)
+                self._note_activity(stream, input_counts, output.probabilities[-1])
+            results.append(self._visible(stream, events))
         return results
 
-    @torch.inference_mode()
-    def drain(self, stream: Stream) -> list[WordEvent]:
-        """Run one stream through all its ready bins (sequence mode, for batch work).
+    def _run_network(
+        self, streams: list[Stream], windows: list[list[ReadyBin]]
+    ) -> list[_WindowOutput]:
+        """Each stream's window of bins through the network.
 
-        Gives the same events as stepping bin by bin.  The network goes back to
-        rest after every word and long pause, at bins known from the input
-        activity alone, so the segments between them are independent sequences:
-        they go through the network side by side as one batch, which takes far
-        fewer (and fuller) steps than one long sequence.
+        Segments that end in a rest go through one zero-padded batch (padding only
+        follows a segment's own bins, so it changes nothing that is kept); segments
+        whose final state the stream keeps run grouped by length, so that their
+        state is exact.  Every state is read before any is written back.
         """
-        if not stream.ready:
-            return []
-        bins = np.stack(stream.ready)
-        stream.ready.clear()
-        activity = speech_activity(bins)
-        rests = self._rests(stream, activity)
-        probabilities, layer_spikes = self._segments(stream, bins, rests)
-        events = self._decode(stream, activity, probabilities, bins.sum(axis=0))
-        stream.hidden_spikes += int(layer_spikes.sum())
-        stream.synaptic_ops += int(bins.sum() * self._fan_out[0])
-        stream.synaptic_ops += int((layer_spikes @ self._fan_out[1:]).sum())
-        return events
+        segments: list[_Segment] = []
+        for i, window in enumerate(windows):
+            start = 0
+            for t, ready in enumerate(window):
+                if ready.boundary.rest or t == len(window) - 1:
+                    segments.append(_Segment(i, start, t + 1, start == 0, not ready.boundary.rest))
+                    start = t + 1
+        calls: dict[int, list[_Segment]] = {}
+        for segment in segments:
+            if segment.keeps_state:
+                calls.setdefault(segment.end - segment.start, []).append(segment)
+        closed = [s for s in segments if not s.keeps_state]
+        if closed:
+            calls.setdefault(max(s.end - s.start for s in closed), []).extend(closed)
 
-    def _segments(
-        self, stream: Stream, bins: np.ndarray, rests: list[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities ``[bins, classes]`` and hidden spikes ``[bins, layers]`` of
-        consecutive bins, the network resting after each bin in ``rests``.
-
-        The first segment continues from the stream's network state; the last one,
-        unless it ends in a rest, leaves its state there.  Segments ending in a rest
-        run together as one zero-padded batch (padding only follows a segment's own
-        bins, so it changes nothing that is kept); an open last segment runs on its
-        own, so that its final state is exact.
-        """
-        edges = [0, *(r + 1 for r in rests)]
-        if edges[-1] < len(bins):
-            edges.append(len(bins))
-        closed = [(a, b) for a, b in itertools.pairwise(edges) if b - 1 in rests]
-        open_tail = [] if edges[-1] - 1 in rests else [(edges[-2], edges[-1])]
-        rows = torch.tensor([stream.row])
-        probabilities = np.empty((len(bins), self.network.config.n_classes), np.float32)
-        layer_spikes = np.empty((len(bins), len(self.network.config.hidden)), np.float32)
-        for group in (closed, open_tail):
-            if not group:
-                continue
-            x = np.zeros((len(group), max(b - a for a, b in group), bins.shape[1]), np.float32)
-            for k, (a, b) in enumerate(group):
-                x[k, : b - a] = bins[a:b]
-            with self.pool.lock:
-                state = self.network.initial_state(len(group))
-                if group[0][0] == 0:  # the stream's own state carries into its first segment
+        pieces: list[list[tuple[int, _WindowOutput]]] = [[] for _ in windows]
+        kept: list[tuple[list[int], NetworkState, list[int]]] = []
+        with self.pool.lock:
+            for length, members in calls.items():
+                x = self._inputs(windows, members, length)
+                evidence, state, activity = self.network(x, self._start_state(streams, members))
+                keeping = [k for k, s in enumerate(members) if s.keeps_state]
+                if keeping:
+                    kept.append(([streams[members[k].stream].row for k in keeping], state, keeping))
+                p = evidence.softmax(-1).numpy()
+                spikes = torch.stack([a.sum(-1) for a in activity], dim=-1).numpy()
+                inputs = x.numpy()
+                for k, s in enumerate(members):
+                    n = s.end - s.start
+                    piece = _WindowOutput(p[k, :n], spikes[k, :n], inputs[k, :n])
+                    pieces[s.stream].append((s.start, piece))
+            for rows, state, keeping in kept:
+                if len(keeping) < len(state.readout):
+                    index = torch.tensor(keeping)
                     state = NetworkState.from_tensors(
-                        [
-                            torch.cat([carried, rest[1:]])
-                            for carried, rest in zip(
-                                self.pool.gather(rows).tensors(), state.tensors(), strict=True
-                            )
-                        ]
+                        [t.index_select(0, index) for t in state.tensors()]
                     )
-                evidence, state, activity = self.network(torch.from_numpy(x), state)
-                if group is open_tail:
-                    self.pool.scatter(rows, state)
-                else:
-                    self.pool.reset(stream.row)
-            group_probabilities = evidence.softmax(-1).numpy()
-            group_spikes = np.stack([a.sum(-1).numpy() for a in activity], axis=-1)
-            for k, (a, b) in enumerate(group):
-                probabilities[a:b] = group_probabilities[k, : b - a]
-                layer_spikes[a:b] = group_spikes[k, : b - a]
-        return probabilities, layer_spikes
+                self.pool.scatter(torch.tensor(rows), state)
+            self.pool.reset_many(
+                [streams[i].row for i, w in enumerate(windows) if w and w[-1].boundary.rest]
+            )
+        outputs = []
+        for stream_pieces in pieces:
+            if len(stream_pieces) == 1:  # the usual case: no copy
+                outputs.append(stream_pieces[0][1])
+            else:
+                ordered = [piece for _, piece in sorted(stream_pieces, key=lambda p: p[0])]
+                outputs.append(_WindowOutput(*map(np.concatenate, zip(*ordered, strict=True))))
+        return outputs
 
-    def _rests(self, stream: Stream, activity: np.ndarray) -> list[int]:
-        """Indices of the bins after which the network goes back to rest.
+    def _inputs(
+        self, windows: list[list[ReadyBin]], members: list[_Segment], length: int
+    ) -> torch.Tensor:
+        """The segments' bins as one batch ``[segments, length, channels]``, zero-padded."""
+        counts = [b.counts for s in members for b in windows[s.stream][s.start : s.end]]
+        if len(counts) == len(members) * length:  # no padding
+            return torch.from_numpy(np.stack(counts).reshape(len(members), length, -1))
+        x = np.zeros((len(members), length, self.n_channels), np.float32)
+        for k, s in enumerate(members):
+            x[k, : s.end - s.start] = np.stack(
+                [b.counts for b in windows[s.stream][s.start : s.end]]
+            )
+        return torch.from_numpy(x)
 
-        Training clips start from rest: so does the network after each word and
-        after a long pause, and no word's state leaks into the next.  Word ends
-        depend on the input activity alone: a copy of the decoder's state finds
-        them ahead of the network (the decoder itself then steps the same way).
-        """
-        rests, stream.idle_bins = self._look_ahead(stream, activity.tolist())
-        return rests
+    def _start_state(self, streams: list[Stream], members: list[_Segment]) -> NetworkState:
+        """The network state each segment starts from: its stream's, or rest (zeros)."""
+        rows = torch.tensor([streams[s.stream].row for s in members])
+        state = self.pool.gather(rows)
+        fresh = [k for k, s in enumerate(members) if not s.first]
+        if fresh:
+            index = torch.tensor(fresh)
+            for tensor in state.tensors():
+                tensor.index_fill_(0, index, 0.0)
+        return state
 
-    def _look_ahead(
-        self, stream: Stream, activity: list[float], first_only: bool = False
-    ) -> tuple[list[int], int]:
-        """The rests among the next bins (or the first of them) and the stream's idle
-        count after them, found on a copy of the decoder's state."""
-        decoder = stream.decoder.copy()  # endpoint() only rebinds its scalar fields
-        idle = stream.idle_bins
-        rests = []
-        for t, spikes in enumerate(activity):
-            word_ended = self.decoder.endpoint(decoder, spikes).closed
-            idle = 0 if decoder.in_word else idle + 1
-            if word_ended or idle >= self._reset_after_bins:
-                idle = 0
-                rests.append(t)
-                if first_only:
-                    break
-        return rests, idle
-
-    def _decode(
-        self,
-        stream: Stream,
-        activity: np.ndarray,
-        probabilities: np.ndarray,
-        input_counts: np.ndarray,
-    ) -> list[WordEvent]:
-        """Decoding of consecutive bins after the network: ``activity`` is their
-        speech activity per bin, ``input_counts`` the spikes per channel, summed over
-        the bins."""
-        events: list[WordEvent] = []
-        for t, spikes in enumerate(activity.tolist()):
-            events += self.decoder.step(stream.decoder, probabilities[t], spikes)
-        stream.bins_done += len(activity)
-        self._note_activity(stream, input_counts, probabilities[-1])
-        if stream.finished and not stream.ready:
-            events += self.decoder.flush(stream.decoder)
-        return self._visible(stream, events)
+    def drain(self, stream: Stream) -> list[WordEvent]:
+        """All of the stream's ready bins in one step (batch work)."""
+        return self.step([stream], max_bins=len(stream.ready))[0]
 
     @staticmethod
     def _note_activity(stream: Stream, input_counts: np.ndarray, output: np.ndarray) -> None:
@@ -445,38 +416,17 @@ class Recognizer:
         )
 
     # ----- accounting -----------------------------------------------------------------------
-    def _synaptic_fan_out(self) -> np.ndarray:
-        """Targets reached by one spike of: the input (at every delay; averaged over
-        channels, which a frequency-shared layer reaches unevenly at its edges), then
-        each hidden layer."""
-        config = self.network.config
-        layers = len(config.hidden)
-        onward = [self.network.input_synapses(i) for i in range(layers)]
-        onward.append(config.hidden[-1] * config.n_classes)  # the readout
-        recurrent = list(config.hidden) if config.recurrent else [0] * layers
-        return np.array(
-            [onward[0] / config.n_inputs]
-            + [onward[i + 1] / config.hidden[i] + recurrent[i] for i in range(layers)]
-        )
-
-    def _dense_macs(self) -> int:
-        config = self.network.config
-        macs = sum(self.network.input_synapses(i) for i in range(len(config.hidden)))
-        macs += config.hidden[-1] * config.n_classes
-        if config.recurrent:
-            macs += sum(h * h for h in config.hidden)
-        return macs
-
     def stats(self, stream: Stream) -> dict:
-        dense = self._dense_macs_per_bin * stream.bins_done
+        hidden_spikes = round(float(stream.layer_spikes.sum()))
+        synaptic_ops = round(
+            float(self.costs.synaptic_ops(stream.stepped_input_spikes, stream.layer_spikes))
+        )
+        dense = self.costs.dense_macs(stream.bins_done)
         return {
-            "spikes": stream.input_spikes + stream.hidden_spikes,
+            "spikes": stream.input_spikes + hidden_spikes,
             "input_spikes": stream.input_spikes,
-            "hidden_spikes": stream.hidden_spikes,
-            "synaptic_ops": stream.synaptic_ops,
+            "hidden_spikes": hidden_spikes,
+            "synaptic_ops": synaptic_ops,
             "dense_macs": dense,
-            "energy_pj": {
-                "snn_synaptic_ops": round(stream.synaptic_ops * PICOJOULES_PER_AC, 1),
-                "dense_equivalent_macs": round(dense * PICOJOULES_PER_MAC, 1),
-            },
+            "energy_pj": energy_pj(synaptic_ops, dense),
         }

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.decoding import Decoder, DecoderConfig
+from models.decoding import Decoder, DecoderConfig, Endpointer
 from models.vocabulary import DEFAULT_VOCABULARY
 
 VOCAB = DEFAULT_VOCABULARY
@@ -14,14 +14,21 @@ def onehot(index: int, strength: float = 0.9) -> np.ndarray:
     return p
 
 
+def decode(decoder: Decoder, bins, words=None):
+    """bins: (class probabilities, speech activity) per bin, the last one ending the stream."""
+    endpointer = Endpointer(decoder.bin_s, decoder.config)
+    boundaries, state = endpointer.new_state(), decoder.new_state(words)
+    events = []
+    for t, (probabilities, activity) in enumerate(bins):
+        boundary = endpointer.step(boundaries, activity, last=t == len(bins) - 1)
+        events += decoder.step(state, probabilities, boundary)
+    return events
+
+
 def run(decoder: Decoder, segments, words=None):
     """segments: list of (bins, class index, activity)."""
-    state = decoder.new_state(words)
-    events = []
-    for bins, index, activity in segments:
-        for _ in range(bins):
-            events += decoder.step(state, onehot(index), activity)
-    return events + decoder.flush(state)
+    bins = [(onehot(index), activity) for n, index, activity in segments for _ in range(n)]
+    return decode(decoder, bins, words)
 
 
 @pytest.fixture
@@ -68,15 +75,33 @@ def test_loud_noise_from_the_start_is_background_not_a_word(decoder):
 
 
 def test_restricted_vocabulary(decoder):
-    events = run(decoder, [(20, SILENCE, 0), (40, YES, 400), (60, SILENCE, 0)], words=["no", "up"])
-    assert all(e.word != "yes" for e in events)
+    strong_yes_then_no = np.full(len(VOCAB), 1e-3)
+    strong_yes_then_no[[YES, NO]] = 0.7, 0.25
+    bins = [(onehot(SILENCE), 0)] * 20 + [(strong_yes_then_no, 400)] * 40
+    bins += [(onehot(SILENCE), 0)] * 60
+    assert [e.word for e in decode(decoder, bins) if e.kind == "final"] == ["yes"]
+    finals = [e.word for e in decode(decoder, bins, words=["no", "up"]) if e.kind == "final"]
+    assert finals == ["no"]
     with pytest.raises(ValueError, match="not in the model"):
         decoder.new_state(["banana"])
 
 
-def test_flush_finishes_a_word_in_progress(decoder):
+def test_the_end_of_the_stream_finishes_a_word_in_progress(decoder):
     events = run(decoder, [(20, SILENCE, 0), (40, NO, 400)])
     assert events[-1].kind == "final" and events[-1].word == "no"
+    assert events[-1].end == pytest.approx(0.6)
+
+
+def test_the_network_rests_after_each_word_and_after_a_long_pause():
+    endpointer = Endpointer(0.01, DecoderConfig())
+    state = endpointer.new_state()
+    activity = [10.0] * 150 + [400.0] * 40 + [10.0] * 250
+    boundaries = [endpointer.step(state, a) for a in activity]
+    rests = [b.bin for b in boundaries if b.rest]
+    closed = [b.bin for b in boundaries if b.closed]
+    assert closed == [189 + endpointer.hangover_bins]  # the word closes after its hangover
+    # At rest after 1 s without a word (bin 99), at the word's end, then every second.
+    assert rests == [99, closed[0], closed[0] + 100, closed[0] + 200]
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +223,10 @@ def test_a_word_ruled_out_by_some_bins_loses_to_one_no_bin_rules_out(decoder):
     mostly_yes[[YES, NO]] = 0.6, 0.35
     not_yes = np.full(len(VOCAB), 0.099 / (len(VOCAB) - 2))
     not_yes[[YES, NO]] = 0.001, 0.9
-    state = decoder.new_state()
-    events = []
-    for _ in range(10):
-        events += decoder.step(state, onehot(SILENCE), 10)
-    for k in range(40):
-        events += decoder.step(state, not_yes if k % 5 == 4 else mostly_yes, 400)
-    for _ in range(60):
-        events += decoder.step(state, onehot(SILENCE), 10)
+    bins = [(onehot(SILENCE), 10)] * 10
+    bins += [(not_yes if k % 5 == 4 else mostly_yes, 400) for k in range(40)]
+    bins += [(onehot(SILENCE), 10)] * 60
+    events = decode(decoder, bins)
     final = next(e for e in events if e.kind == "final")
     assert final.word == "no"
     # Its confidence is the normalised geometric mean of the word's bins.
