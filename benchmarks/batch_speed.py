@@ -23,60 +23,61 @@ representative).
 
 Run from the repository root::
 
-    python benchmarks/batch_speed.py
-    python benchmarks/batch_speed.py --random-model --seconds 20 --repeats 2
-    python benchmarks/batch_speed.py --subprocess --json
+    python -m benchmarks.batch_speed
+    python -m benchmarks.batch_speed --random-model --seconds 20 --repeats 2
+    python -m benchmarks.batch_speed --subprocess --json
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import (  # sibling benchmark module (benchmarks/ is on sys.path)
-    DEFAULT_DATA,
+from benchmarks.common import (
     FIXTURES,
     RATE,
+    WORDS,
     ServerProcess,
-    _fixture_word,
-    _read,
+    add_model_flags,
+    console,
+    data_folder,
+    emit,
+    fixture_word,
     http_get,
-    make_random_model,
+    read_audio,
+    resolve_model,
 )
 
 TARGET_RTF = 0.02
 BLOCK_S = 10.0
 
 
-def speech(data: Path | None, words: tuple[str, ...], seconds: float, seed: int):
+def speech(data: Path | None, seconds: float, seed: int) -> tuple[np.ndarray, str, int]:
     """~``seconds`` of whole 1 s clips back to back; returns (audio, source, n_clips)."""
     rng = random.Random(seed)
     files: list[Path] = []
-    if data is not None and not data.is_dir():
-        raise SystemExit(f"--data {data}: not a folder")
     if data is not None:
-        for word in words:
+        for word in WORDS:
             files += sorted((data / word).glob("*.wav"))
         source = str(data)
     if not files:
-        files = [f for f in sorted(FIXTURES.glob("*.wav")) if _fixture_word(f) is not None]
+        files = [f for f in sorted(FIXTURES.glob("*.wav")) if fixture_word(f) is not None]
         source = f"{FIXTURES} (no data folder)"
     rng.shuffle(files)
     parts, have, i = [], 0, 0
     while have < seconds * RATE and i < 10_000:
-        parts.append(_read(files[i % len(files)]))
+        parts.append(read_audio(files[i % len(files)]))
         have += len(parts[-1])
         i += 1
     return np.concatenate(parts)[: round(seconds * RATE)], source, len(parts)
@@ -98,7 +99,7 @@ def _rates(timing: dict, seconds: float) -> dict:
     }
 
 
-def timed(fn, repeats: int) -> dict:
+def timed(fn: Callable[[], object], repeats: int) -> dict:
     fn()  # warm-up: numba cache load, allocator, torch kernels
     walls, cpus, result = [], [], None
     for _ in range(repeats):
@@ -217,11 +218,10 @@ def measure_http(base: str, wav: bytes, seconds: float, repeats: int, pid: int |
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(
+    out = console()
+    out.print(
         f"[bold]Audio[/]: {report['audio_s']:.1f} s ({report['clips']} clips) from "
         f"{report['source']}; model: {report['model']}; torch threads in this process: "
         f"{report['torch_threads']}; median of {report['repeats']} after a warm-up"
@@ -230,43 +230,28 @@ def print_report(report: dict) -> None:
     for name in ("path", "wall s", "RTF wall", "CPU s", "RTF CPU", "server RTF", "words"):
         table.add_column(name, justify="right")
 
-    def f(value, fmt=".4f") -> str:
+    def f(value: float | None, fmt: str = ".4f") -> str:
         return "-" if value is None else format(value, fmt)
 
-    ip = report["in_process"]
-    table.add_row(
-        "Recognizer.transcribe",
-        f(ip["wall_s"], ".3f"),
-        f(ip["rtf_wall"]),
-        f(ip["cpu_s"], ".3f"),
-        f(ip["rtf_cpu"]),
-        "-",
-        str(ip["words"]),
-    )
-    tc = report.get("testclient")
-    if tc:
+    ip, http = report["in_process"], report.get("http")
+    rows = [("Recognizer.transcribe", ip, "cpu_s", "rtf_cpu")]
+    if report.get("testclient"):
+        rows.append(("POST /v1/transcribe (TestClient)", report["testclient"], "cpu_s", "rtf_cpu"))
+    if http:  # the server process's CPU, not this one's
+        rows.append((f"POST /v1/transcribe ({http['where']})", http, "server_cpu_s_last",
+                     "rtf_server_cpu"))  # fmt: skip
+    for name, r, cpu, rtf in rows:
         table.add_row(
-            "POST /v1/transcribe (TestClient)",
-            f(tc["wall_s"], ".3f"),
-            f(tc["rtf_wall"]),
-            f(tc["cpu_s"], ".3f"),
-            f(tc["rtf_cpu"]),
-            f(tc["server_reported_rtf"], ".5f"),
-            str(tc["words"]),
+            name,
+            f(r["wall_s"], ".3f"),
+            f(r["rtf_wall"]),
+            f(r[cpu], ".3f"),
+            f(r[rtf]),
+            f(r.get("server_reported_rtf"), ".5f"),
+            str(r["words"]),
         )
-    http = report.get("http")
-    if http:
-        table.add_row(
-            f"POST /v1/transcribe ({http['where']})",
-            f(http["wall_s"], ".3f"),
-            f(http["rtf_wall"]),
-            f(http["server_cpu_s_last"], ".3f"),
-            f(http["rtf_server_cpu"]),
-            f(http["server_reported_rtf"], ".5f"),
-            str(http["words"]),
-        )
-    console.print(table)
-    console.print(
+    out.print(table)
+    out.print(
         f"In process, CPU: cochlea RTF {ip['cochlea_rtf_cpu']:.4f} + network and decoder "
         f"{ip['network_decoder_rtf_cpu']:.4f}.  TestClient rows include upload and WAV decode; "
         "subprocess/--url rows show the server process's CPU; 'server RTF' is the route's own "
@@ -274,7 +259,7 @@ def print_report(report: dict) -> None:
     )
     target = report["target"]
     mark = "[bold green]MET[/]" if target["met"] else "[bold red]NOT MET[/]"
-    console.print(
+    out.print(
         f"Target RTF <= {TARGET_RTF} (in-process, one torch thread, CPU time): "
         f"{target['rtf']:.4f} -> {mark}"
     )
@@ -285,9 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=60.0, help="length of the test audio")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", help="Speech Commands layout folder")
-    p.add_argument("--model", help="model file (default: models/spikeear-default.pt)")
-    p.add_argument("--random-model", action="store_true", help="an untrained network")
-    p.add_argument("--random-bin-ms", type=float, help="its bin (default: the training default)")
+    add_model_flags(p)
     p.add_argument("--no-http", action="store_true", help="skip the TestClient measurement")
     p.add_argument("--subprocess", action="store_true", help="also time a served instance")
     p.add_argument("--server-threads", type=int, default=1, help="torch threads of --subprocess")
@@ -303,22 +286,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # figures are for one core
-    from models.vocabulary import DEFAULT_VOCABULARY, FILLERS
-
-    words = tuple(w for w in DEFAULT_VOCABULARY if w not in FILLERS)
-    data = Path(args.data) if args.data else (DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
-    audio, source, clips = speech(data, words, args.seconds, args.seed)
+    audio, source, clips = speech(data_folder(args.data), args.seconds, args.seed)
     seconds = len(audio) / RATE
     with tempfile.TemporaryDirectory(prefix="spikeear-batch-") as tmp:
-        model = args.model
-        if args.random_model:
-            model = str(make_random_model(Path(tmp) / "random-model.pt", bin_ms=args.random_bin_ms))
-        elif model is None:
-            default = Path(__file__).resolve().parents[1] / "models" / "spikeear-default.pt"
-            if not default.exists():
-                print("no model: pass --model PATH or --random-model", file=sys.stderr)
-                return 2
-            model = str(default)
+        model = resolve_model(args, Path(tmp))
+        if model is None:
+            print("no model: pass --model PATH or --random-model", file=sys.stderr)
+            return 2
         report: dict = {
             "audio_s": seconds,
             "source": source,
@@ -348,11 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     rtf = report["in_process"]["rtf_cpu"]
     report["target"] = {"target_rtf": TARGET_RTF, "rtf": rtf, "met": rtf <= TARGET_RTF}
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 0
+    return emit(report, args.json, print_report)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ add up their logarithms (``models.decoding.log_evidence``).  This compares rules
 same outputs, on the speaker-disjoint validation split, for one or more models, so that a
 change of rule is measured on every model at hand rather than on one:
 
-* ``mean probability``: what the loss trains (and the rule before session 16);
+* ``mean probability``: what the loss trains (and the rule until eac031b, 2026-12-05);
 * ``mean log-probability``: the rule in use; each class's evidence multiplied over the
   steps (the argmax of the mean readout potential, since the softmax's normaliser is the
   same for every class), so a class that some steps rule out cannot win on the others;
@@ -20,7 +20,7 @@ log-probabilities), to see whether their errors are shared.
 
 Run from the repository root::
 
-    python benchmarks/decision_rules.py --data ../shared/data/speech_commands \\
+    python -m benchmarks.decision_rules --data ../shared/data/speech_commands \\
         --data ../shared/data/fsdd --model A.pt [--model B.pt ...] [--together] [--json]
 """
 
@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

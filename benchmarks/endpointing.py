@@ -3,9 +3,9 @@
 spikeear finds words where the speech activity of its software cochlea's spikes
 (``speech_activity``: per bin, the spikes above the bin's median over channels) rises
 above the stream's running background floor (``models/decoding.py``).  This
-benchmark runs exactly that logic (``Decoder.step`` on the speech activity per
-network bin of ``Cochlea``, the class probabilities held uniform, so only the
-activity decides boundaries; no trained model needed; the bin is the model's with
+benchmark runs exactly that logic (``Endpointer.step`` on the speech activity per
+network bin of ``Cochlea``: only the activity decides boundaries; no trained model
+needed; the bin is the model's with
 ``--model``, else ``--bin-ms``, else the training default) and compares it on the
 same audio with:
 
@@ -33,52 +33,41 @@ ms.  Also the CPU cost per audio second of each detector.
 
 Run from the repository root::
 
-    python benchmarks/endpointing.py
-    python benchmarks/endpointing.py --sequences 10 --snr 20 5 --json
+    python -m benchmarks.endpointing
+    python -m benchmarks.endpointing --sequences 10 --snr 20 5 --json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import (  # sibling benchmark module (benchmarks/ is on sys.path)
-    DEFAULT_DATA,
+from benchmarks.common import (
     RATE,
     ClipLibrary,
     Sequence,
     build_sequence,
+    console,
+    data_folder,
     default_bin_ms,
+    emit,
+    endpointing_s,
+    greedy_pairs,
 )
 
 VAD_FRAME_S = 0.01  # webrtcvad accepts 10, 20 or 30 ms frames
 Segment = tuple[float, float]
 
 
-def decoder_timing() -> dict[str, float]:
-    """The decoder's segmentation settings in seconds (older decoders: 10 ms bins)."""
-    from models.decoding import DecoderConfig
-
-    c = DecoderConfig()
-    if hasattr(c, "onset_s"):
-        return {"onset": c.onset_s, "hangover": c.hangover_s, "min": c.min_word_s,
-                "max": c.max_word_s}  # fmt: skip
-    return {"onset": c.onset_bins * 0.01, "hangover": c.hangover_bins * 0.01,
-            "min": c.min_word_bins * 0.01, "max": c.max_word_bins * 0.01}  # fmt: skip
-
-
 # --------------------------------------------------------------------------- audio
 
 
-def noise_bed(library: ClipLibrary, n: int, rng: random.Random, fade_s: float = 0.02):
+def noise_bed(library: ClipLibrary, n: int, rng: random.Random, fade_s: float = 0.02) -> np.ndarray:
     """``n`` samples of background noise: random clips crossfaded end to end."""
     if not library.noise:
         raise SystemExit("no background-noise clips (_silence_ or tests/fixtures/noise_*.wav)")
@@ -112,7 +101,7 @@ def mix(sequence: Sequence, noise: np.ndarray, snr_db: float) -> np.ndarray:
 
 def segments_from_active(active: np.ndarray, frame_s: float) -> list[Segment]:
     """The decoder's state machine, with its settings in seconds, on per-frame decisions."""
-    timing = decoder_timing()
+    timing = endpointing_s()
     onset, hangover, min_len, max_len = (
         max(1, round(timing[k] / frame_s)) for k in ("onset", "hangover", "min", "max")
     )
@@ -138,19 +127,20 @@ def segments_from_active(active: np.ndarray, frame_s: float) -> list[Segment]:
 
 
 class SpikeActivity:
-    """spikeear: ``Decoder.step`` on the speech activity of the cochlea's spikes per bin."""
+    """spikeear: ``Endpointer.step`` on the speech activity of the cochlea's spikes per bin."""
 
     def __init__(self, bin_s: float, frontend=None) -> None:
         from audio_frontend.cochlea import Cochlea, CochleaConfig
-        from models.decoding import Decoder, DecoderConfig
-        from models.vocabulary import DEFAULT_VOCABULARY
+        from models.decoding import DecoderConfig, Endpointer
 
         self.cochlea = Cochlea(frontend or CochleaConfig())
         if self.cochlea.config.sample_rate != RATE:
             raise SystemExit("the benchmark audio is 16 kHz; the front end must be too")
         self.bin = round(bin_s * RATE)
-        self.decoder = Decoder(DEFAULT_VOCABULARY, bin_s, DecoderConfig())
-        self.uniform = np.full(len(DEFAULT_VOCABULARY), 1 / len(DEFAULT_VOCABULARY))
+        config = DecoderConfig()
+        self.bin_s = bin_s
+        self.endpointer = Endpointer(bin_s, config)
+        self.min_word_bins = config.bins(config.min_word_s, bin_s)  # the decoder's rule
 
     def activity(self, audio: np.ndarray) -> np.ndarray:
         from models.decoding import speech_activity
@@ -162,12 +152,14 @@ class SpikeActivity:
         return speech_activity(padded.reshape(n, self.bin, -1).sum(axis=1))
 
     def __call__(self, audio: np.ndarray) -> list[Segment]:
-        state = self.decoder.new_state()
-        events = []
-        for value in self.activity(audio):
-            events += self.decoder.step(state, self.uniform, float(value))
-        events += self.decoder.flush(state)
-        return [(e.start, e.end) for e in events if e.kind == "final"]
+        state = self.endpointer.new_state()
+        activity = self.activity(audio).tolist()
+        out: list[Segment] = []
+        for t, value in enumerate(activity):
+            b = self.endpointer.step(state, value, last=t == len(activity) - 1)
+            if b.closed and b.last_active_bin - b.start_bin + 1 >= self.min_word_bins:
+                out.append((b.start_bin * self.bin_s, (b.last_active_bin + 1) * self.bin_s))
+        return out
 
 
 class WebRtc:
@@ -257,24 +249,19 @@ def detectors(args: argparse.Namespace) -> tuple[dict[str, Callable], dict[str, 
 
 
 def score(truth: list[Segment], predicted: list[Segment], min_iou: float = 0.5) -> dict:
-    pairs = []
-    for i, (ts, te) in enumerate(truth):
-        for j, (ps, pe) in enumerate(predicted):
-            inter = min(te, pe) - max(ts, ps)
-            if inter > 0:
-                iou = inter / (max(te, pe) - min(ts, ps))
-                if iou >= min_iou:
-                    pairs.append((iou, i, j))
-    used_t, used_p, starts, ends = set(), set(), [], []
-    for _, i, j in sorted(pairs, reverse=True):
-        if i in used_t or j in used_p:
-            continue
-        used_t.add(i)
-        used_p.add(j)
-        starts.append(predicted[j][0] - truth[i][0])
-        ends.append(predicted[j][1] - truth[i][1])
-    return {"truth": len(truth), "predicted": len(predicted), "matched": len(used_t),
-            "start_errors": starts, "end_errors": ends}  # fmt: skip
+    ious = [
+        ((min(te, pe) - max(ts, ps)) / (max(te, pe) - min(ts, ps)), i, j)
+        for i, (ts, te) in enumerate(truth)
+        for j, (ps, pe) in enumerate(predicted)
+    ]
+    matched = greedy_pairs([x for x in ious if x[0] >= min_iou])
+    return {
+        "truth": len(truth),
+        "predicted": len(predicted),
+        "matched": len(matched),
+        "start_errors": [predicted[j][0] - truth[i][0] for i, j in matched],
+        "end_errors": [predicted[j][1] - truth[i][1] for i, j in matched],
+    }
 
 
 def summarise(parts: list[dict], cpu_s: float, audio_s: float) -> dict:
@@ -287,7 +274,7 @@ def summarise(parts: list[dict], cpu_s: float, audio_s: float) -> dict:
     recall = matched / truth if truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
-    def ms(values: np.ndarray, fn) -> float | None:
+    def ms(values: np.ndarray, fn: Callable[[np.ndarray], float]) -> float | None:
         return float(fn(values) * 1000) if len(values) else None
 
     return {
@@ -309,24 +296,23 @@ def summarise(parts: list[dict], cpu_s: float, audio_s: float) -> dict:
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    out = console()
     meta = report["meta"]
-    console.print(
+    out.print(
         f"[bold]Audio[/]: {meta['sequences']} sequences per condition, "
         f"{meta['words']} words, {meta['audio_s']:.0f} s per condition; clips from "
         f"{meta['clip_source']} ({meta['clips']} clips, {meta['noise_clips']} noise clips)"
     )
     for name, why in report["skipped"].items():
-        console.print(f"[yellow]{name} skipped[/]: {why}")
+        out.print(f"[yellow]{name} skipped[/]: {why}")
     table = Table(title="Word segments vs ground truth (match: IoU >= 0.5)")
     for name in ("condition", "method", "P", "R", "F1", "start |err| ms", "start bias ms",
                  "end |err| ms", "end bias ms", "CPU s / audio s"):  # fmt: skip
         table.add_column(name, justify="right" if name not in ("method",) else "left")
 
-    def f(value, fmt=".0f") -> str:
+    def f(value: float | None, fmt: str = ".0f") -> str:
         return "-" if value is None else format(value, fmt)
 
     for condition, methods in report["results"].items():
@@ -344,8 +330,8 @@ def print_report(report: dict) -> None:
                 f(r["cpu_s_per_audio_s"], ".4f"),
             )
         table.add_section()
-    console.print(table)
-    console.print(
+    out.print(table)
+    out.print(
         "Bias > 0: the detector starts/ends later than the ground truth.  CPU for spikeear "
         "includes running the cochlea (which the recognizer needs anyway)."
     )
@@ -376,11 +362,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from models.vocabulary import DEFAULT_VOCABULARY, FILLERS
-
-    data = Path(args.data) if args.data else (DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
-    words = tuple(w for w in DEFAULT_VOCABULARY if w not in FILLERS)
-    library = ClipLibrary(data, words, per_word=args.clips_per_word, seed=args.seed)
+    library = ClipLibrary(data_folder(args.data), per_word=args.clips_per_word, seed=args.seed)
     rng = random.Random(args.seed)
     sequences = [
         build_sequence(library, rng, n_words=rng.randint(4, 6)) for _ in range(args.sequences)
@@ -419,16 +401,12 @@ def main(argv: list[str] | None = None) -> int:
             "rejected_clips": library.rejected,
             "ground_truth": "frames within 35 dB of the clip's loudest 20 ms frame",
             "spikeear_bin_ms": args.bin_ms,
-            "segmenter_s": decoder_timing(),
+            "segmenter_s": endpointing_s(),
         },
         "skipped": skipped,
         "results": results,
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 0
+    return emit(report, args.json, print_report)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,15 @@ at 64 channels and 4 CPU-minutes at 700 on a 2020s server core).
 
 Run from the repository root::
 
-    python benchmarks/frontend.py                 # tables
-    python benchmarks/frontend.py --json          # machine-readable
-    python benchmarks/frontend.py --audio my.wav --no-lauscher
+    python -m benchmarks.frontend                 # tables
+    python -m benchmarks.frontend --json          # machine-readable
+    python -m benchmarks.frontend --audio my.wav --no-lauscher
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -39,16 +38,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import soxr
 from rich.console import Console
 from rich.table import Table
 
 from audio_frontend.audio_io import AudioError, load_audio
 from audio_frontend.cochlea import Cochlea, CochleaConfig
+from benchmarks.common import DEFAULT_DATA, FIXTURES, emit, read_audio
 
-REPO = Path(__file__).resolve().parents[1]
-SPEECH_COMMANDS = REPO.parent / "shared" / "data" / "speech_commands"
-FIXTURES = REPO / "tests" / "fixtures"
 TARGET_RTF = 0.01
 DEFAULT_CHANNELS = CochleaConfig().channels
 
@@ -56,22 +52,15 @@ DEFAULT_CHANNELS = CochleaConfig().channels
 # --------------------------------------------------------------------------- audio
 
 
-def _read_16k(path: Path, rate: int) -> np.ndarray:
-    audio, native = load_audio(path)
-    if native != rate:
-        audio = soxr.resample(audio, native, rate).astype(np.float32)
-    return audio
-
-
 def _clip_files() -> tuple[list[Path], str]:
     """Speech clips to concatenate: one per Speech Commands word, else the test fixtures."""
-    if SPEECH_COMMANDS.is_dir():
+    if DEFAULT_DATA.is_dir():
         words = sorted(
-            p for p in SPEECH_COMMANDS.iterdir() if p.is_dir() and not p.name.startswith("_")
+            p for p in DEFAULT_DATA.iterdir() if p.is_dir() and not p.name.startswith("_")
         )
         files = [f for w in words for f in sorted(w.glob("*.wav"))[:1]]
         if files:
-            return files, f"{SPEECH_COMMANDS} (first clip of each word)"
+            return files, f"{DEFAULT_DATA} (first clip of each word)"
     files = sorted(f for f in FIXTURES.glob("*.wav") if not f.name.startswith("noise_"))
     return files, f"{FIXTURES} (shared data set not found)"
 
@@ -88,7 +77,7 @@ def benchmark_audio(path: str | None, seconds: float, rate: int) -> tuple[np.nda
     parts, have = [], 0
     while have < want:  # the fixtures are few: cycle through them if needed
         for f in files:
-            parts.append(_read_16k(f, rate))
+            parts.append(read_audio(f, rate))
             have += len(parts[-1])
             if have >= want:
                 break
@@ -98,15 +87,27 @@ def benchmark_audio(path: str | None, seconds: float, rate: int) -> tuple[np.nda
 # --------------------------------------------------------------------------- timing
 
 
-def cpu_times(fn: Callable[[], object], repeats: int) -> list[float]:
-    """CPU seconds of ``fn`` in this process, once per repetition (after one warm-up)."""
-    fn()  # numba cache load / JIT, allocator warm-up
-    times = []
+def cpu_times(fn: Callable[[], int], repeats: int, warm_up: bool = True) -> tuple[list[float], int]:
+    """CPU seconds of ``fn`` in this process, once per repetition (after one warm-up:
+    numba cache load or JIT, allocator), and what its last call returned."""
+    if warm_up:
+        fn()
+    times, result = [], 0
     for _ in range(repeats):
         start = time.process_time()
-        fn()
+        result = fn()
         times.append(time.process_time() - start)
-    return times
+    return times, result
+
+
+def cpu_summary(times: list[float], seconds: float, prefix: str = "") -> dict:
+    """Median CPU seconds of ``times`` and per second of audio, keys led by ``prefix``."""
+    cpu = statistics.median(times)
+    return {
+        f"{prefix}cpu_s_median": cpu,
+        f"{prefix}cpu_s_all": times,
+        f"{prefix}rtf": cpu / seconds,
+    }
 
 
 def run_whole(cochlea: Cochlea, audio: np.ndarray, rate: int) -> int:
@@ -129,18 +130,17 @@ def measure(
         fn = lambda: run_whole(cochlea, audio, rate)  # noqa: E731
     else:
         fn = lambda: run_chunked(cochlea, audio, rate, chunk)  # noqa: E731
-    times = cpu_times(fn, repeats)
+    times, spikes = cpu_times(fn, repeats)
     seconds = len(audio) / rate
-    cpu = statistics.median(times)
+    summary = cpu_summary(times, seconds)
+    cpu = summary["cpu_s_median"]
     return {
         "channels": channels,
         "feed": feed,
         "audio_s": seconds,
-        "cpu_s_median": cpu,
-        "cpu_s_all": times,
-        "rtf": cpu / seconds,
+        **summary,
         "audio_s_per_cpu_s": seconds / cpu if cpu > 0 else float("inf"),
-        "spikes": fn(),
+        "spikes": spikes,
     }
 
 
@@ -205,26 +205,23 @@ def measure_lauscher(
         return int(train.spike_times.size)
 
     with _lauscher_in_process():
-        convert(audio[: rate // 20], 2)  # JIT-compiles lauscher's numba helper
-        times, spikes = [], 0
-        for _ in range(repeats):
-            start = time.process_time()
-            spikes = convert(audio, channels)
-            times.append(time.process_time() - start)
+        # A short warm-up JIT-compiles lauscher's numba helper; a full one would take minutes.
+        convert(audio[: rate // 20], 2)
+        times, spikes = cpu_times(lambda: convert(audio, channels), repeats, warm_up=False)
     cochlea = Cochlea(CochleaConfig(channels=channels))
-    ours = statistics.median(cpu_times(lambda: run_whole(cochlea, audio, rate), ours_repeats))
+    ours = statistics.median(cpu_times(lambda: run_whole(cochlea, audio, rate), ours_repeats)[0])
     seconds = len(audio) / rate
-    cpu = statistics.median(times)
+    summary = cpu_summary(times, seconds, "lauscher_")
     return {
         "channels": channels,
         "audio_s": seconds,
-        "lauscher_cpu_s_median": cpu,
-        "lauscher_cpu_s_all": times,
-        "lauscher_rtf": cpu / seconds,
+        **summary,
         "lauscher_spikes": spikes,
         "ours_cpu_s_median": ours,
         "ours_rtf": ours / seconds,
-        "ratio_lauscher_to_ours": cpu / ours if ours > 0 else float("inf"),
+        "ratio_lauscher_to_ours": (
+            summary["lauscher_cpu_s_median"] / ours if ours > 0 else float("inf")
+        ),
     }
 
 
@@ -374,11 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": target,
         "lauscher": lauscher,
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_tables(report, console)
-    return 0
+    return emit(report, args.json, lambda r: print_tables(r, console))
 
 
 if __name__ == "__main__":

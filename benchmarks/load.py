@@ -45,13 +45,10 @@ representative, word accuracy is not).  Needs ``psutil`` and ``websockets``.
 
 Run from the repository root::
 
-    python benchmarks/load.py                          # 100 streams x 20 s
-    python benchmarks/load.py --streams 5 --seconds 5 --random-model
-    python benchmarks/load.py --sweep 1,10,50,100 --json > load.json
-    python benchmarks/load.py --url ws://127.0.0.1:8000/v1/stream --streams 20
-
-Other benchmarks import the clip and sequence helpers of this file
-(``ClipLibrary``, ``build_sequence``).
+    python -m benchmarks.load                          # 100 streams x 20 s
+    python -m benchmarks.load --streams 5 --seconds 5 --random-model
+    python -m benchmarks.load --sweep 1,10,50,100 --json > load.json
+    python -m benchmarks.load --url ws://127.0.0.1:8000/v1/stream --streams 20
 """
 
 from __future__ import annotations
@@ -64,246 +61,59 @@ import math
 import os
 import random
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech_commands"
-FIXTURES = REPO / "tests" / "fixtures"
-RATE = 16000
+from benchmarks.common import (
+    LOOPBACK,
+    RATE,
+    ClipLibrary,
+    Sequence,
+    ServerProcess,
+    add_model_flags,
+    build_sequence,
+    console,
+    data_folder,
+    emit,
+    endpointing_s,
+    greedy_pairs,
+    http_get,
+    resolve_model,
+)
+
 CHUNK_S = 0.02  # default chunk: 20 ms (``--chunk-ms``)
 CHUNK = round(RATE * CHUNK_S)
 TARGET_STREAMS = 100
 TARGET_P95_S = 0.200
-
-
-def _hangover_s() -> float:
-    """Quiet time after which the shipped decoder closes a word."""
-    from models.decoding import DecoderConfig
-
-    config = DecoderConfig()
-    if hasattr(config, "hangover_s"):
-        return float(config.hangover_s)
-    return config.hangover_bins * 0.01  # older decoders counted 10 ms bins
-
-
-HANGOVER_S = _hangover_s()
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-# =========================================================================== clips
-
-
-@dataclass(frozen=True)
-class Clip:
-    word: str
-    source: str
-    audio: np.ndarray  # float32 at RATE: the word with short padding, faded in and out
-    onset: float  # seconds into ``audio`` where the word starts (ground truth)
-    offset: float  # ... and ends
-
-
-def word_bounds(
-    audio: np.ndarray, top_db: float = 35.0, frame_s: float = 0.02, hop_s: float = 0.01
-) -> tuple[int, int, float]:
-    """Word extent on a clean clip: frames within ``top_db`` of the loudest frame.
-
-    Returns (first sample, end sample, peak-to-floor dB), the floor being the 10th
-    percentile of frame power (a clip with a high floor is too noisy to trust).
-    """
-    frame, hop = round(frame_s * RATE), round(hop_s * RATE)
-    n = 1 + max(0, (len(audio) - frame) // hop)
-    index = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
-    index = np.minimum(index, len(audio) - 1)
-    power_db = 10 * np.log10((audio[index].astype(np.float64) ** 2).mean(axis=1) + 1e-12)
-    peak = power_db.max()
-    active = np.flatnonzero(power_db >= peak - top_db)
-    start, end = int(active[0] * hop), min(len(audio), int(active[-1] * hop + frame))
-    return start, end, float(peak - np.percentile(power_db, 10))
-
-
-def _read(path: Path) -> np.ndarray:
-    import soxr
-
-    from audio_frontend.audio_io import load_audio
-
-    audio, rate = load_audio(path)
-    if rate != RATE:
-        audio = soxr.resample(audio, rate, RATE).astype(np.float32)
-    return audio.astype(np.float32)
-
-
-def _fixture_word(path: Path) -> str | None:
-    name = path.stem
-    if name.startswith("noise_"):
-        return None
-    if name.startswith("fsdd_"):  # fsdd_<digit>_<speaker>_<n>
-        digit = name.split("_")[1]
-        return DIGIT_NAMES[int(digit)] if digit.isdigit() else None
-    return name.split("_")[0]
-
-
-class ClipLibrary:
-    """Trimmed word clips and background-noise clips from a data folder (or the fixtures)."""
-
-    def __init__(
-        self,
-        data: Path | None,
-        words: tuple[str, ...],
-        per_word: int = 12,
-        seed: int = 0,
-        top_db: float = 35.0,
-        min_snr_db: float = 25.0,
-        pad_s: float = 0.02,
-    ) -> None:
-        rng = random.Random(seed)
-        self.clips: list[Clip] = []
-        self.noise: list[np.ndarray] = []
-        self.rejected = 0
-        candidates: list[tuple[str, Path]] = []
-        noise_files: list[Path] = []
-        if data is not None and not data.is_dir():
-            raise SystemExit(f"--data {data}: not a folder")
-        if data is not None:
-            self.source = str(data)
-            for word in words:
-                files = sorted((data / word).glob("*.wav"))
-                rng.shuffle(files)
-                candidates += [(word, f) for f in files[: per_word * 2]]
-            noise_files = sorted((data / "_silence_").glob("*.wav"))
-            rng.shuffle(noise_files)
-            noise_files = noise_files[:40]
-        else:
-            self.source = f"{FIXTURES} (no data folder)"
-            for f in sorted(FIXTURES.glob("*.wav")):
-                word = _fixture_word(f)
-                if word in words:
-                    candidates.append((word, f))
-            noise_files = sorted(FIXTURES.glob("noise_*.wav"))
-        taken: dict[str, int] = {}
-        for word, path in candidates:
-            if taken.get(word, 0) >= per_word:
-                continue
-            audio = _read(path)
-            if len(audio) < RATE // 4:
-                self.rejected += 1
-                continue
-            start, end, snr = word_bounds(audio, top_db)
-            if snr < min_snr_db or not 0.12 <= (end - start) / RATE <= 0.95:
-                self.rejected += 1
-                continue
-            pad = round(pad_s * RATE)
-            a, b = max(0, start - pad), min(len(audio), end + pad)
-            piece = audio[a:b].copy()
-            fade = min(round(0.005 * RATE), len(piece) // 4)
-            ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, fade, dtype=np.float32))
-            piece[:fade] *= ramp
-            piece[-fade:] *= ramp[::-1]
-            self.clips.append(Clip(word, path.name, piece, (start - a) / RATE, (end - a) / RATE))
-            taken[word] = taken.get(word, 0) + 1
-        for path in noise_files:
-            noise = _read(path)
-            if len(noise) and np.abs(noise).max() > 0:
-                self.noise.append(noise)
-        if not self.clips:
-            raise SystemExit(f"no usable word clips for {words} in {self.source}")
-
-    @property
-    def words(self) -> list[str]:
-        return sorted({c.word for c in self.clips})
-
-
-@dataclass
-class Sequence:
-    audio: np.ndarray  # float32 at RATE
-    words: list[tuple[str, float, float]]  # ground truth: word, start s, end s
-    sources: list[str] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / RATE
-
-    def s16le(self) -> bytes:
-        return (np.clip(self.audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
-
-
-def build_sequence(
-    library: ClipLibrary,
-    rng: random.Random,
-    seconds: float | None = None,
-    n_words: int | None = None,
-    gap: tuple[float, float] = (0.4, 0.8),
-    lead: float = 0.3,
-    tail: float = 0.6,
-) -> Sequence:
-    """Random words separated by silence: ``n_words`` of them, or as many as fit ``seconds``.
-
-    A sequence always holds at least one word; with ``seconds`` it is padded with
-    silence to exactly that length (or longer if one word does not fit).
-    """
-    parts: list[np.ndarray] = [np.zeros(round(lead * RATE), np.float32)]
-    pos = len(parts[0])
-    truth: list[tuple[str, float, float]] = []
-    sources = []
-    while True:
-        clip = rng.choice(library.clips)
-        need = len(clip.audio) + round(tail * RATE)
-        if truth:
-            if n_words is not None and len(truth) >= n_words:
-                break
-            silence = round(rng.uniform(*gap) * RATE)
-            if seconds is not None and pos + silence + need > seconds * RATE:
-                break
-            parts.append(np.zeros(silence, np.float32))
-            pos += silence
-        truth.append((clip.word, pos / RATE + clip.onset, pos / RATE + clip.offset))
-        sources.append(clip.source)
-        parts.append(clip.audio)
-        pos += len(clip.audio)
-    end = max(pos + round(tail * RATE), round((seconds or 0) * RATE))
-    parts.append(np.zeros(end - pos, np.float32))
-    return Sequence(np.concatenate(parts), truth, sources)
+HANGOVER_S = endpointing_s()["hangover"]
 
 
 def match_words(
     truth: list[tuple[str, float, float]], finals: list[tuple[str, float, float]]
 ) -> dict:
     """One-to-one matching by time overlap (largest first); counts of each outcome."""
-    pairs = []
-    for i, (_, ts, te) in enumerate(truth):
-        for j, (_, fs, fe) in enumerate(finals):
-            overlap = min(te, fe) - max(ts, fs)
-            if overlap > 0:
-                pairs.append((overlap, i, j))
-    used_t, used_f, correct, substituted = set(), set(), 0, 0
-    for _, i, j in sorted(pairs, reverse=True):
-        if i in used_t or j in used_f:
-            continue
-        used_t.add(i)
-        used_f.add(j)
-        if truth[i][0] == finals[j][0]:
-            correct += 1
-        else:
-            substituted += 1
+    overlaps = [
+        (min(te, fe) - max(ts, fs), i, j)
+        for i, (_, ts, te) in enumerate(truth)
+        for j, (_, fs, fe) in enumerate(finals)
+    ]
+    matched = greedy_pairs([o for o in overlaps if o[0] > 0])
+    correct = sum(truth[i][0] == finals[j][0] for i, j in matched)
     return {
         "truth": len(truth),
         "finals": len(finals),
         "correct": correct,
-        "substituted": substituted,
-        "missed": len(truth) - len(used_t),
-        "inserted": len(finals) - len(used_f),
+        "substituted": len(matched) - correct,
+        "missed": len(truth) - len(matched),
+        "inserted": len(finals) - len(matched),
     }
 
 
@@ -320,140 +130,7 @@ def percentiles(values: list[float]) -> dict:
     }
 
 
-# =========================================================================== models
-
-
-def default_bin_ms() -> float:
-    """The network bin width ``spikeear train`` uses by default."""
-    import dataclasses
-
-    with contextlib.suppress(ImportError, KeyError):
-        from training.config import TrainConfig
-
-        return float({f.name: f for f in dataclasses.fields(TrainConfig)}["bin_ms"].default)
-    return 10.0
-
-
-def make_random_model(path: Path, seed: int = 0, bin_ms: float | None = None) -> Path:
-    """An untrained network of the default size whose batch norms have seen data.
-
-    ``bin_ms`` defaults to the training default (``spikeear train --bin-ms``), with
-    the neuron time constants training would use for it.
-    """
-    import torch
-
-    from audio_frontend.cochlea import CochleaConfig
-    from models.model_file import ModelBundle
-    from models.network import Classifier, NetworkConfig
-    from models.vocabulary import DEFAULT_VOCABULARY
-
-    bin_ms = default_bin_ms() if bin_ms is None else bin_ms
-    extra: dict = {}
-    with contextlib.suppress(ImportError):
-        from training import train as training
-
-        if hasattr(training, "time_constants"):
-            extra = training.time_constants(bin_ms)
-    torch.manual_seed(seed)
-    network = Classifier(NetworkConfig(**extra))
-    network.train()
-    with torch.no_grad():
-        for _ in range(3):
-            network(torch.poisson(torch.rand(8, 30, 64) * 4 * bin_ms / 10))
-    network.eval()
-    card = {"name": "random-untrained (benchmark only)"}
-    ModelBundle(network, CochleaConfig(), DEFAULT_VOCABULARY, bin_ms, card).save(path)
-    return path
-
-
-def resolve_model(args: argparse.Namespace, workdir: Path) -> str | None:
-    """The model file to serve/verify: --model, a random one, or the bundled default."""
-    if args.random_model:
-        return str(make_random_model(workdir / "random-model.pt", bin_ms=args.random_bin_ms))
-    if args.model:
-        return args.model
-    default = REPO / "models" / "spikeear-default.pt"
-    if default.exists():
-        return str(default)
-    return None
-
-
 # =========================================================================== server
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> str:
-    host = urlparse(url).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit(f"refusing to contact non-loopback host {host!r}")
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode()
-
-
-class ServerProcess:
-    """``spikeear serve`` in a subprocess on a free loopback port; stopped on exit."""
-
-    def __init__(
-        self,
-        model: str,
-        log_path: Path,
-        startup_timeout: float = 90.0,
-        threads: int | None = None,
-        workers: str = "auto",
-    ) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--model", model, "--log-level", "warning"]
-        command += ["--workers", str(workers)]
-        env = dict(os.environ)
-        if threads is not None:  # torch's intra-op pool reads these at startup
-            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self.process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.pid = self.process.pid
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(f"server exited at startup; see {log_path}:\n{self.log_tail()}")
-            try:
-                http_get(f"{self.base}/health", timeout=2.0)
-                if workers != "1":  # the first worker answers; give the others time to start
-                    time.sleep(4.0)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise SystemExit(f"server not up after {startup_timeout:.0f} s") from None
-                time.sleep(0.2)
-
-    def log_tail(self, n: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
 
 
 def pid_listening_on(port: int) -> int | None:
@@ -883,7 +560,7 @@ def one_run(
     return report
 
 
-def _event_loop_runner(no_uvloop: bool):
+def _event_loop_runner(no_uvloop: bool) -> Callable[[Coroutine], object]:
     if not no_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
@@ -924,12 +601,16 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def print_report(runs: list[dict], meta: dict) -> None:
-    from rich.console import Console
+def _mark(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]NO[/]"
+
+
+def print_report(report: dict) -> None:
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(
+    runs, meta = report["runs"], report["meta"]
+    out = console()
+    out.print(
         f"[bold]Clips[/]: {meta['clips']} word clips ({meta['clip_words']} words) from "
         f"{meta['clip_source']}; model: {meta['model']}"
     )
@@ -1000,24 +681,23 @@ def print_report(runs: list[dict], meta: dict) -> None:
         "load avg (1 min) / cores",
         lambda r: "{:.1f} / {}".format(r["machine"]["load_avg_1m"], r["machine"]["cpu_count"]),
     )
-    console.print(table)
+    out.print(table)
     for r in runs:
-        v = verdict(r)
-        mark = lambda ok: "[green]yes[/]" if ok else "[red]NO[/]"  # noqa: E731
-        console.print(
-            f"{r['streams']} streams: {TARGET_STREAMS} streams {mark(v['streams_at_target'])}, "
-            f"partial p95 <= {TARGET_P95_S * 1000:.0f} ms {mark(v['p95_within_target'])}, "
-            f"no audio dropped {mark(v['no_audio_dropped'])}, "
-            f"client kept pace {mark(v['client_kept_pace'])}"
+        v = r["verdict"]
+        out.print(
+            f"{r['streams']} streams: {TARGET_STREAMS} streams {_mark(v['streams_at_target'])}, "
+            f"partial p95 <= {TARGET_P95_S * 1000:.0f} ms {_mark(v['p95_within_target'])}, "
+            f"no audio dropped {_mark(v['no_audio_dropped'])}, "
+            f"client kept pace {_mark(v['client_kept_pace'])}"
         )
         if r["dropped"]["errors"]:
-            console.print(f"  [red]client errors[/]: {r['dropped']['errors']}")
+            out.print(f"  [red]client errors[/]: {r['dropped']['errors']}")
         if r["server"].get("log_tail"):
-            console.print(f"  server log tail:\n{r['server']['log_tail']}")
+            out.print(f"  server log tail:\n{r['server']['log_tail']}")
         diffs = (r["dropped"]["offline_verification"] or {}).get("differences")
         if diffs:
-            console.print(f"  [red]streamed != offline[/]: {diffs[0]}")
-    console.print(
+            out.print(f"  [red]streamed != offline[/]: {diffs[0]}")
+    out.print(
         "Partial latency = receive - send of the chunk holding the partial's time; final "
         "latency = receive - send of the chunk holding the word end (includes the decoder's "
         "hangover). Server CPU is over the streaming window, normalise by the machine's cores "
@@ -1056,9 +736,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="spikeear serve --workers for the started server (its /metrics sums them; "
         "default: the server's own, one per core)",
     )
-    p.add_argument("--model", help="model file to serve (default: models/spikeear-default.pt)")
-    p.add_argument("--random-model", action="store_true", help="serve an untrained network")
-    p.add_argument("--random-bin-ms", type=float, help="its bin (default: the training default)")
+    add_model_flags(p)
     p.add_argument("--data", help="Speech Commands layout folder (default: ../shared/data/...)")
     p.add_argument("--clips-per-word", type=int, default=12)
     p.add_argument("--ramp", type=float, default=1.0, help="spread client starts over this")
@@ -1068,7 +746,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = p.parse_args(argv)
-    if args.url and urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+    if args.url and urlparse(args.url).hostname not in LOOPBACK:
         p.error("--url must point at a loopback address")
     if args.seconds <= 0 or args.seconds > 600:
         p.error("--seconds must be in (0, 600]")
@@ -1084,12 +762,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def _workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="spikeear-load-") as tmp:
-        yield Path(tmp)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # One file per process: the client must not run out of descriptors at 1000 streams.
@@ -1098,12 +770,9 @@ def main(argv: list[str] | None = None) -> int:
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
-    from models.vocabulary import DEFAULT_VOCABULARY, FILLERS
-
-    data = Path(args.data) if args.data else (DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
-    words = tuple(w for w in DEFAULT_VOCABULARY if w not in FILLERS)
-    library = ClipLibrary(data, words, per_word=args.clips_per_word, seed=args.seed)
-    with _workdir() as workdir:
+    library = ClipLibrary(data_folder(args.data), per_word=args.clips_per_word, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="spikeear-load-") as tmp:
+        workdir = Path(tmp)
         model = resolve_model(args, workdir)
         runs = []
         for n in args.counts:
@@ -1116,13 +785,9 @@ def main(argv: list[str] | None = None) -> int:
         "clip_source": library.source,
         "model": "random untrained network" if args.random_model else (model or args.url),
     }
-    if args.json:
-        for r in runs:
-            r["verdict"] = verdict(r)
-        print(json.dumps({"meta": meta, "runs": runs}, indent=2))
-    else:
-        print_report(runs, meta)
-    return 0
+    for r in runs:
+        r["verdict"] = verdict(r)
+    return emit({"meta": meta, "runs": runs}, args.json, print_report)
 
 
 if __name__ == "__main__":

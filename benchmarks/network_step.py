@@ -17,8 +17,8 @@ the threshold.
 
 Run from the repository root::
 
-    python benchmarks/network_step.py                     # bundled model, 100 streams
-    python benchmarks/network_step.py --model other.pt --streams 10 --json
+    python -m benchmarks.network_step                     # bundled model, 100 streams
+    python -m benchmarks.network_step --model other.pt --streams 10 --json
 """
 
 from __future__ import annotations
@@ -27,33 +27,30 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from audio_frontend.audio_io import load_audio
 from audio_frontend.cochlea import Cochlea
 from audio_frontend.events import bin_events
+from benchmarks.common import FIXTURES, read_audio
 from models import kernels
-from models.model_file import load_model
+from models.model_file import ModelBundle, load_model
+from models.network import Classifier
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 WARM_BINS = 20  # bins heard before timing starts
 
 
-def speech_bins(bundle, n_streams: int) -> torch.Tensor:
+def speech_bins(bundle: ModelBundle, n_streams: int) -> torch.Tensor:
     """``[streams, bins, channels]`` spike counts of the fixture clips in a row, each
     stream starting elsewhere in it."""
     cochlea = Cochlea(bundle.frontend)
     rate = bundle.frontend.sample_rate
     rasters = []
     for path in sorted(FIXTURES.glob("*.wav")):
-        audio, file_rate = load_audio(path)
-        audio = soxr.resample(audio, file_rate, rate).astype(np.float32)
+        audio = read_audio(path, rate)
         events = cochlea.encode(audio, rate)
         n_bins = int(len(audio) / rate * 1000 / bundle.bin_ms)
         rasters.append(bin_events(events, bundle.bin_ms / 1000, n_bins).astype(np.float32))
@@ -62,7 +59,7 @@ def speech_bins(bundle, n_streams: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.roll(recording, -start, axis=0) for start in starts]))
 
 
-def time_steps(network, bins: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
+def time_steps(network: Classifier, bins: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
     """Milliseconds of thread CPU per step after the warm-up bins, and each step's
     hidden spikes."""
     with torch.inference_mode():

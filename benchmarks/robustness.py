@@ -18,7 +18,7 @@ The conditions are synthetic and seeded per clip, so a run is reproducible:
 
 Run from the repository root::
 
-    python benchmarks/robustness.py --data ../shared/data/speech_commands \\
+    python -m benchmarks.robustness --data ../shared/data/speech_commands \\
         --data ../shared/data/fsdd [--model MODEL] [--out-dir DIR] [--json]
 
 It writes ``robustness.json`` and ``robustness.png`` to ``--out-dir``.  ``--levels``
@@ -36,13 +36,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import scipy.signal
 from rich.console import Console
 from rich.progress import track
 
+from benchmarks.common import RATE
 from models.model_file import DEFAULT_MODEL_PATH, load_model
 from models.recognizer import Recognizer
 from models.vocabulary import is_word
@@ -58,7 +57,6 @@ from training.features import (
     run_cochlea_jobs,
 )
 
-RATE = 16000
 FEW_SPEAKERS = 10
 CONDITIONS = (
     "clean",
@@ -194,7 +192,7 @@ def main() -> None:
     rasters, ok = run_cochlea_jobs(_worker, jobs, shape, "cochlea", args.workers)
     kept = [c for c, k in zip(clips, ok, strict=True) if k]
     labels = np.array([bundle.vocabulary.index(c.label) for c in kept])
-    min_activity = Recognizer(bundle).decoder.min_activity
+    min_activity = Recognizer(bundle).endpointer.min_activity
     results = {}
     for k, condition in enumerate(CONDITIONS):
         report = evaluate_rasters(bundle, rasters[ok, k], labels, kept, min_activity).report

@@ -1,6 +1,6 @@
 """Spikes per second of the default cochlea for silence, background noise and speech.
 
-Rerun: ``python benchmarks/spike_rates.py [--data ../shared/data/speech_commands]``.
+Rerun: ``python -m benchmarks.spike_rates [--data ../shared/data/speech_commands]``.
 Noise: every ``_silence_`` clip, as recorded and scaled to -70, -60 and -50 dBFS RMS;
 speech: up to 20 clips per word of the 20 vocabulary words.  Falls back to the test
 fixtures when the data folder is absent.
@@ -16,9 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from audio_frontend import Cochlea, load_audio
-from models.vocabulary import COMMANDS, DIGITS
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import DEFAULT_DATA, FIXTURES, WORDS
 
 
 def rate(cochlea: Cochlea, audio: np.ndarray, sample_rate: int) -> float:
@@ -27,18 +25,15 @@ def rate(cochlea: Cochlea, audio: np.ndarray, sample_rate: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/speech_commands"))
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
     args = parser.parse_args()
     data = Path(args.data)
     if data.is_dir():
         noise_paths = sorted((data / "_silence_").glob("*.wav"))
-        speech_paths = [
-            p for w in (*COMMANDS, *DIGITS) for p in sorted((data / w).glob("*.wav"))[:20]
-        ]
+        speech_paths = [p for w in WORDS for p in sorted((data / w).glob("*.wav"))[:20]]
     else:
-        fixtures = ROOT / "tests/fixtures"
-        noise_paths = sorted(fixtures.glob("noise_*.wav"))
-        speech_paths = [p for p in sorted(fixtures.glob("*_nohash_*.wav"))]
+        noise_paths = sorted(FIXTURES.glob("noise_*.wav"))
+        speech_paths = sorted(FIXTURES.glob("*_nohash_*.wav"))
     cochlea = Cochlea()
     rows = {"digital silence": [rate(cochlea, np.zeros(16000, np.float32), 16000)]}
     levels = (-70, -60, -50)

@@ -10,7 +10,7 @@ the training cache (``cache/``), as ``spikeear train --data ...`` made them.
 
 Run from the repository root::
 
-    python benchmarks/teacher_gap.py --data ../shared/data/speech_commands \\
+    python -m benchmarks.teacher_gap --data ../shared/data/speech_commands \\
         --data ../shared/data/fsdd --teacher TEACHER.pt [--model MODEL] [--json]
 """
 
@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

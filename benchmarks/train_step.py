@@ -5,17 +5,13 @@ of 20 ms bins) on a batch of random spike counts, in process CPU seconds (less
 disturbed by other work on the machine than wall time); the best 3 of ``--repeats``
 per path.  Run from the repository root::
 
-    python benchmarks/train_step.py [--batch 128] [--threads 1] [--device cpu]
+    python -m benchmarks.train_step [--batch 128] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -43,7 +39,7 @@ def main() -> None:
             network.fused = name == "hand-written BPTT"
             start = clock()
             evidence, _, activity = network(x)
-            loss = clip_loss(evidence, labels, 0.0) + rate_penalty(activity)
+            loss = clip_loss(evidence, labels) + rate_penalty(activity)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             middle = clock()

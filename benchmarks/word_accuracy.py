@@ -17,7 +17,7 @@ the final word, as a share of the word (audio time, not processing time).
 
 Run from the repository root::
 
-    python benchmarks/word_accuracy.py --data ../shared/data/speech_commands \\
+    python -m benchmarks.word_accuracy --data ../shared/data/speech_commands \\
         --data ../shared/data/fsdd [--model MODEL] [--json]
 """
 
@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
