@@ -28,6 +28,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from app.errors import CliError
+from app.schemas import message_json
+from app.service import word_message  # no torch: the model loads in LocalRecognizer
+
 CHUNK_S = 0.05  # audio per chunk fed to the recognizer (and per display update)
 MIN_RATE, MAX_RATE = 8000, 48000
 METER_WIDTH = 24
@@ -72,18 +76,12 @@ def cmd_mic(args: argparse.Namespace) -> None:
     run_mic(args)
 
 
-def _error(message: str) -> Exception:
-    from app.cli import CliError  # lazily: app.cli imports this module's functions
-
-    return CliError(message)
-
-
 # ----- audio sources ------------------------------------------------------------------------
 def _import_sounddevice():
     try:
         import sounddevice
     except (OSError, ImportError) as error:  # OSError: the PortAudio library is missing
-        raise _error(
+        raise CliError(
             f"no audio input available ({error}; install PortAudio, e.g. "
             "'apt-get install libportaudio2'); use --input-file FILE to read a file instead"
         ) from None
@@ -94,7 +92,7 @@ def _input_devices(sd) -> list[tuple[int, dict]]:
     try:
         devices = sd.query_devices()
     except sd.PortAudioError as error:
-        raise _error(f"cannot list audio devices: {error}") from None
+        raise CliError(f"cannot list audio devices: {error}") from None
     return [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
 
 
@@ -102,7 +100,7 @@ def list_devices(out) -> None:
     sd = _import_sounddevice()
     inputs = _input_devices(sd)
     if not inputs:
-        raise _error("no audio input devices found (is a microphone connected?)")
+        raise CliError("no audio input devices found (is a microphone connected?)")
     try:
         default = sd.default.device[0]
     except (AttributeError, IndexError, TypeError):
@@ -129,7 +127,7 @@ class MicrophoneSource:
     def __init__(self, device: str | None) -> None:
         self.sd = _import_sounddevice()
         if not _input_devices(self.sd):
-            raise _error(
+            raise CliError(
                 "no audio input device found (is a microphone connected?); "
                 "use --input-file FILE to read a file instead"
             )
@@ -137,7 +135,7 @@ class MicrophoneSource:
         try:
             info = self.sd.query_devices(self.device, "input")
         except (ValueError, self.sd.PortAudioError) as error:
-            raise _error(f"input device {device!r}: {error}") from None
+            raise CliError(f"input device {device!r}: {error}") from None
         rate = round(info["default_samplerate"])
         self.sample_rate = rate if MIN_RATE <= rate <= MAX_RATE else 16000
         self.name = str(info["name"])
@@ -160,13 +158,13 @@ class MicrophoneSource:
                 callback=self._callback,
             )
         except (ValueError, self.sd.PortAudioError) as error:
-            raise _error(f"cannot open the input device: {error}") from None
+            raise CliError(f"cannot open the input device: {error}") from None
         with stream:
             while True:
                 try:
                     yield self.chunks.get(timeout=2.0)
                 except queue.Empty:
-                    raise _error("the input device delivers no audio") from None
+                    raise CliError("the input device delivers no audio") from None
 
 
 class FileSource:
@@ -176,13 +174,13 @@ class FileSource:
         from audio_frontend.audio_io import AudioError, audio_blocks
 
         if not speed > 0:
-            raise _error("--speed must be positive")
+            raise CliError("--speed must be positive")
         if not Path(path).is_file():
-            raise _error(f"{path}: no such file")
+            raise CliError(f"{path}: no such file")
         try:
             self.sample_rate, self.duration, self._blocks = audio_blocks(path, seconds=1.0)
         except AudioError as error:
-            raise _error(str(error)) from None
+            raise CliError(str(error)) from None
         self.name = Path(path).name
         self.speed = speed
 
@@ -201,27 +199,10 @@ class FileSource:
                     time.sleep(max(0.0, due - time.monotonic()))
                     yield chunk
         except AudioError as error:
-            raise _error(str(error)) from None
+            raise CliError(str(error)) from None
 
 
 # ----- recognizers --------------------------------------------------------------------------
-def _event_message(event) -> dict:
-    if event.kind == "partial":
-        return {
-            "type": "partial",
-            "word": event.word,
-            "confidence": round(event.confidence, 4),
-            "time": round(event.time, 3),
-        }
-    return {
-        "type": "final",
-        "word": event.word,
-        "start": round(event.start, 3),
-        "end": round(event.end, 3),
-        "confidence": round(event.confidence, 4),
-    }
-
-
 class LocalRecognizer:
     """The model in this process; messages shaped like the /v1/stream protocol."""
 
@@ -235,12 +216,12 @@ class LocalRecognizer:
         try:
             bundle = load_model(model)
         except ModelFileError as error:
-            raise _error(f"{error} (pass --model FILE or --server URL)") from None
+            raise CliError(f"{error} (pass --model FILE or --server URL)") from None
         self.recognizer = Recognizer(bundle)
         try:
             self.stream = self.recognizer.open_stream(StreamOptions(sample_rate=sample_rate))
         except AudioError as error:
-            raise _error(str(error)) from None
+            raise CliError(str(error)) from None
         self.label = f"model {bundle.card.get('name', Path(model or 'bundled').stem)}"
         # One stream steps a few bins at a time: intra-op threads only add synchronisation
         # (several times slower on a busy machine).  Restored by close().
@@ -249,11 +230,15 @@ class LocalRecognizer:
 
     def feed(self, chunk: np.ndarray) -> list[dict]:
         self.recognizer.feed_audio(self.stream, chunk)
-        return [_event_message(e) for e in self.recognizer.drain(self.stream)]
+        return self._messages()
 
     def finish(self) -> list[dict]:
         self.recognizer.feed_audio(self.stream, np.zeros(0, np.float32), final=True)
-        return [_event_message(e) for e in self.recognizer.drain(self.stream)]
+        return self._messages()
+
+    def _messages(self) -> list[dict]:
+        """The drained events as the dicts a server would send (the display reads those)."""
+        return [message_json(word_message(e)) for e in self.recognizer.drain(self.stream)]
 
     def close(self) -> None:
         import torch
@@ -266,7 +251,7 @@ def stream_url(server: str) -> str:
     parts = urlsplit(server if "://" in server else f"http://{server}")
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.netloc:
-        raise _error(f"--server {server!r}: expected a URL like http://127.0.0.1:8000")
+        raise CliError(f"--server {server!r}: expected a URL like http://127.0.0.1:8000")
     path = parts.path if parts.path not in ("", "/") else "/v1/stream"
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
@@ -283,7 +268,7 @@ class RemoteRecognizer:
         try:
             self.ws = self._exit.enter_context(connect(self.url, open_timeout=10, max_size=None))
         except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as error:
-            raise _error(f"cannot connect to {self.url}: {error}") from None
+            raise CliError(f"cannot connect to {self.url}: {error}") from None
         self.label = f"server {self.url}"
         self.messages: queue.Queue[dict | None] = queue.Queue()
         self.ended = False
@@ -313,7 +298,7 @@ class RemoteRecognizer:
             self.ws.send(data)
         except ConnectionClosed:
             self._received()  # an error message from the server explains why, if it sent one
-            raise _error(f"{self.url}: the server closed the connection") from None
+            raise CliError(f"{self.url}: the server closed the connection") from None
 
     def _received(self, until_end: bool = False, timeout: float = 30.0) -> list[dict]:
         out = []
@@ -326,14 +311,14 @@ class RemoteRecognizer:
                     message = self.messages.get_nowait()
             except queue.Empty:
                 if until_end:
-                    raise _error(f"{self.url}: no reply from the server") from None
+                    raise CliError(f"{self.url}: no reply from the server") from None
                 break
             if message is None or message.get("type") == "eof":
                 self.ended = True
                 break
             if message.get("type") == "error":
                 self.ended = True
-                raise _error(f"server: {message.get('message')}")
+                raise CliError(f"server: {message.get('message')}")
             out.append(message)
         return out
 
@@ -429,7 +414,9 @@ def run_mic(args: argparse.Namespace, console=None) -> list[dict]:
         list_devices(console.file)
         return []
     if args.server and args.model:
-        raise _error("--model applies to the in-process model; with --server the service's is used")
+        raise CliError(
+            "--model applies to the in-process model; with --server the service's is used"
+        )
     source: FileSource | MicrophoneSource
     if args.input_file:
         source = FileSource(args.input_file, args.speed)

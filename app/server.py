@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from app.metrics import Metrics
 from app.routers import batch, ops, stream, vosk
 from app.routers.ops import STATIC
 from app.scheduler import StreamScheduler
+from app.schemas import websocket_components
 from app.settings import Settings
 from models.model_file import ModelBundle, load_model
 from models.recognizer import Recognizer
@@ -59,10 +61,13 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         title="spikeear",
         version="0.1.0",
         description="Speech command recognition with a spiking neural network: streaming "
-        "WebSocket (/v1/stream), Vosk-compatible WebSocket (/vosk), batch transcription.",
+        "WebSocket (/v1/stream), Vosk-compatible WebSocket (/vosk), batch transcription.  "
+        "The WebSocket messages are the schemas StreamConfig and StreamMessage (/v1/stream), "
+        "VoskConfig and VoskMessage (/vosk).",
         lifespan=lifespan,
     )
     app.state.services = services
+    _document_websocket_messages(app)
     for module in (ops, stream, vosk, batch):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -75,6 +80,20 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=422)
 
     return app
+
+
+def _document_websocket_messages(app: FastAPI) -> None:
+    """Add the WebSocket messages to the app's OpenAPI document as named schemas:
+    FastAPI leaves WebSocket routes out of it, and their messages are most of the API."""
+    build = app.openapi  # FastAPI's own, which builds the document once and keeps it
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = build().setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(websocket_components())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_environment() -> FastAPI:

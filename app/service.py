@@ -1,28 +1,51 @@
-"""Shared pieces of the transports: turning recognizer output into response shapes."""
+"""Recognizer output to the public message and response shapes of :mod:`app.schemas`."""
 
 from __future__ import annotations
 
-from models.decoding import WordEvent
-from models.recognizer import Transcript
+from typing import TYPE_CHECKING
+
+from app.schemas import FinalMessage, PartialMessage, TranscribeStats, Transcription, Word
+
+if TYPE_CHECKING:
+    from models.decoding import WordEvent
+    from models.recognizer import Transcript
 
 
-def word_json(event: WordEvent) -> dict:
-    return {
-        "word": event.word,
-        "start": round(event.start, 3),
-        "end": round(event.end, 3),
-        "confidence": round(event.confidence, 4),
-    }
+def word_message(event: WordEvent) -> PartialMessage | FinalMessage:
+    """A word event as the ``/v1/stream`` message every transport sends for it."""
+    if event.kind == "partial":
+        return PartialMessage(
+            word=event.word, confidence=round(event.confidence, 4), time=round(event.time, 3)
+        )
+    return FinalMessage(
+        word=event.word,
+        start=round(event.start, 3),
+        end=round(event.end, 3),
+        confidence=round(event.confidence, 4),
+    )
+
+
+def transcription(transcript: Transcript, compute_seconds: float) -> Transcription:
+    duration = transcript.duration
+    return Transcription(
+        text=" ".join(w.word for w in transcript.words),
+        words=[
+            Word(
+                word=w.word,
+                start=round(w.start, 3),
+                end=round(w.end, 3),
+                confidence=round(w.confidence, 4),
+            )
+            for w in transcript.words
+        ],
+        duration=round(duration, 3),
+        stats=TranscribeStats(
+            **transcript.stats,
+            real_time_factor=round(compute_seconds / duration, 5) if duration else 0.0,
+        ),
+    )
 
 
 def transcript_json(transcript: Transcript, compute_seconds: float) -> dict:
-    duration = transcript.duration
-    return {
-        "text": " ".join(w.word for w in transcript.words),
-        "words": [word_json(w) for w in transcript.words],
-        "duration": round(duration, 3),
-        "stats": {
-            **transcript.stats,
-            "real_time_factor": round(compute_seconds / duration, 5) if duration else 0.0,
-        },
-    }
+    """The ``POST /v1/transcribe`` body (also ``spikeear transcribe --json``)."""
+    return transcription(transcript, compute_seconds).model_dump()

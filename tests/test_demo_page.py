@@ -98,6 +98,7 @@ def sync_api():
     )
 
 
+@pytest.mark.slow  # a headless Chromium: seconds to start, up to 20 s to hear a word
 def test_microphone_demo_shows_words_and_rasters(sync_api, server, tmp_path):
     url, trained = server
     wav = padded_fixture(tmp_path)
@@ -191,7 +192,9 @@ def test_activity_messages_for_the_rasters(tmp_path):
     activity = [m for m in messages if m["type"] == "activity"]
     assert [m for m in messages if m["type"] != "activity"] == plain  # the rest is unchanged
     assert all(m["type"] != "activity" for m in plain)
-    assert activity and all(set(m) == {"type", "time", "bins", "input", "output"} for m in activity)
+    assert activity and all(
+        list(m) == ["type", "time", "bins", "input", "output"] for m in activity
+    )
     bin_s = bundle.bin_ms / 1000
     min_bins = math.ceil(0.05 / bin_s - 1e-6)
     assert all(m["bins"] >= min_bins for m in activity[:-1])  # at most one per 50 ms of audio

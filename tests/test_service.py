@@ -1,7 +1,14 @@
-"""The service through the real app: streaming, Vosk protocol, batch, operations, bad input."""
+"""The service through the real app: streaming, Vosk protocol, batch, operations, bad input.
+
+The protocol tests run on the controlled model (``tests/conftest.py``), whose words are
+known in advance: with ``RANKING`` ("go", "stop", "no") every word heard is "go", or the
+first of them a stream's vocabulary allows.  Tests named ``..._bundled_model`` check
+what the shipped model hears, end to end.
+"""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,13 +21,20 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.server import create_app
 from app.settings import Settings
-from tests.conftest import fixture_path
+from tests.conftest import RANKING, TEST_SETTINGS, fixture_path
+
+LEADER = RANKING[0]  # what the controlled model reports for any word
 
 
 @pytest.fixture(scope="module")
-def client():
-    app = create_app(Settings(max_upload_bytes=400_000, max_message_bytes=200_000))
-    with TestClient(app) as test_client:
+def client(controlled_client):
+    return controlled_client
+
+
+@pytest.fixture(scope="module")
+def bundled_client():
+    """The app on the bundled model, for the end-to-end tests."""
+    with TestClient(create_app(Settings(**TEST_SETTINGS))) as test_client:
         yield test_client
 
 
@@ -55,31 +69,51 @@ def finals(messages: list[dict]) -> list[dict]:
     return [m for m in messages if m["type"] == "final"]
 
 
+def words_of(messages: list[dict]) -> list[str]:
+    return [m["word"] for m in finals(messages)]
+
+
 def test_stream_gives_partials_before_the_final(client):
     messages = stream(client, sentence("yes"), {"sample_rate": 16000, "format": "s16le"})
-    words = finals(messages)
-    assert [w["word"] for w in words] == ["yes"]
-    assert set(words[0]) == {"type", "word", "start", "end", "confidence"}
-    partials = [m for m in messages if m["type"] == "partial"]
-    assert partials and set(partials[0]) == {"type", "word", "confidence", "time"}
-    assert partials[0]["time"] < words[0]["end"]
-    assert messages[-1] == {"type": "eof"}
+    # One word: its leading hypothesis as soon as it opens, then the final, then eof.
+    assert [m["type"] for m in messages] == ["partial", "final", "eof"]
+    partial, final, eof = messages
+    # The keys in the order they have always been sent.
+    assert list(partial) == ["type", "word", "confidence", "time"]
+    assert list(final) == ["type", "word", "start", "end", "confidence"]
+    assert eof == {"type": "eof"}
+    assert partial["word"] == final["word"] == LEADER
+    assert final["start"] < partial["time"] < final["end"]
+    assert final["start"] >= 0.0 and final["end"] <= 1.05  # inside the clip
+    assert 0.35 <= final["confidence"] <= 1.0
+
+
+def test_partials_can_be_turned_off(client):
+    messages = stream(client, sentence("yes"), {"partials": False})
+    assert [m["type"] for m in messages] == ["final", "eof"]
 
 
 def test_continuous_speech_gives_one_final_per_word_with_times(client):
+    # Where words start and end comes from the input's activity, not from the weights.
+    words = finals(stream(client, sentence("yes", "stop", "left")))
+    assert [w["word"] for w in words] == [LEADER] * 3
+    for word, offset in zip(words, (0.0, 1.3, 2.6), strict=True):
+        assert offset <= word["start"] < word["end"] <= offset + 1.05
+
+
+def test_continuous_speech_bundled_model(bundled_client):
     audio = sentence("yes", "stop", "left")
-    words = finals(stream(client, audio))
+    words = finals(stream(bundled_client, audio))
     assert [w["word"] for w in words] == ["yes", "stop", "left"]
-    starts = [w["start"] for w in words]
-    assert starts == sorted(starts)
     for word, offset in zip(words, (0.0, 1.3, 2.6), strict=True):
         assert offset <= word["start"] < word["end"] <= offset + 1.05
 
 
 def test_chunk_size_does_not_change_the_result(client):
     audio = sentence("no", "seven")
-    reference = finals(stream(client, audio, chunk=16000))
-    assert finals(stream(client, audio, chunk=333)) == reference
+    reference = stream(client, audio, chunk=16000)
+    assert words_of(reference) == [LEADER] * 2
+    assert stream(client, audio, chunk=333) == reference
 
 
 def test_float_audio_and_other_sample_rates(client):
@@ -89,18 +123,40 @@ def test_float_audio_and_other_sample_rates(client):
     audio = np.concatenate([audio, np.zeros(4800, np.float32)])
     resampled = soxr.resample(audio, 16000, 44100).astype(np.float32)
     words = finals(stream(client, resampled, {"sample_rate": 44100, "format": "f32le"}, chunk=4410))
-    assert [w["word"] for w in words] == ["stop"]
+    assert [w["word"] for w in words] == [LEADER]
 
 
-def test_vocabulary_restriction(client):
-    words = finals(stream(client, sentence("yes"), {"vocabulary": ["no", "stop"]}))
-    assert all(w["word"] != "yes" for w in words)
+@pytest.mark.parametrize(
+    "vocabulary, heard", [(["no", "stop"], "stop"), (["no", "up"], "no"), ([LEADER], LEADER)]
+)
+def test_vocabulary_restriction(client, vocabulary, heard):
+    # The best word the stream may report wins: the words are reported, not dropped.
+    messages = stream(client, sentence("yes", "no"), {"vocabulary": vocabulary})
+    assert words_of(messages) == [heard, heard]
+    assert {m["word"] for m in messages if m["type"] == "partial"} == {heard}
 
 
-def test_noise_gives_no_word(client):
+def test_unknown_words_only_with_the_unknown_flag(client):
+    # Three words tied in the model: none is confident enough, so the word is unknown.
+    config = {"vocabulary": ["up", "down", "left"]}
+    without = stream(client, sentence("yes", "no"), config)
+    assert finals(without) == []
+    assert [m["type"] for m in without] == ["partial", "partial", "eof"]  # words were heard
+    with_flag = finals(stream(client, sentence("yes", "no"), {**config, "unknown": True}))
+    assert [w["word"] for w in with_flag] == ["_unknown_"] * 2
+    assert all(w["confidence"] < 0.35 for w in with_flag)
+
+
+def test_silence_gives_no_message(client):
+    assert stream(client, np.zeros(32000, np.int16)) == [{"type": "eof"}]
+
+
+def test_noise_gives_no_word_bundled_model(bundled_client):
+    # The controlled model reports a word wherever the input opens one; telling noise
+    # from speech there is the trained model's silence class.
     noise, _ = sf.read(fixture_path("noise"), dtype="int16")
-    assert finals(stream(client, noise)) == []
-    assert finals(stream(client, np.zeros(32000, np.int16))) == []
+    assert finals(stream(bundled_client, noise)) == []
+    assert finals(stream(bundled_client, np.zeros(32000, np.int16))) == []
 
 
 @pytest.mark.parametrize(
@@ -162,7 +218,7 @@ def test_a_fast_sender_and_an_abrupt_disconnect_do_not_hurt_other_clients(client
         for start in range(0, len(audio) - 8000, 800):
             ws.send_bytes(audio[start : start + 800].tobytes())
     time.sleep(0.2)
-    assert [w["word"] for w in finals(stream(client, audio))] == ["yes", "no"]
+    assert words_of(stream(client, audio)) == [LEADER] * 2
     assert client.get("/health").json()["status"] == "ok"
 
 
@@ -188,11 +244,25 @@ def test_vosk_protocol(client):
     replies = vosk_session(client, audio, {"sample_rate": 16000, "words": True})
     assert len(replies) == -(-len(audio) // 4000) + 1
     results = [r for r in replies if "result" in r]
-    assert " ".join(r["text"] for r in results) == "yes stop"
+    assert " ".join(r["text"] for r in results) == f"{LEADER} {LEADER}"
     for r in results:
-        assert set(r["result"][0]) == {"conf", "end", "start", "word"}
-    assert any(r.get("partial") for r in replies)
+        assert list(r) == ["result", "text"]
+        assert list(r["result"][0]) == ["conf", "end", "start", "word"]
+    assert {r["partial"] for r in replies if r.get("partial")} == {LEADER}
     assert all(set(r) in ({"partial"}, {"result", "text"}, {"text"}) for r in replies)
+
+
+def test_vosk_replies_are_formatted_as_vosk_server_formats_them(client):
+    with client.websocket_connect("/vosk") as ws:
+        ws.send_bytes(np.zeros(4000, np.int16).tobytes())
+        assert ws.receive_text() == '{"partial": ""}'
+        ws.send_text('{"eof" : 1}')
+        assert ws.receive_text() == '{"text": ""}'
+
+
+def test_vosk_protocol_bundled_model(bundled_client):
+    replies = vosk_session(bundled_client, sentence("yes", "stop"), {"sample_rate": 16000})
+    assert " ".join(r["text"] for r in replies if "result" in r) == "yes stop"
 
 
 def test_vosk_options(client):
@@ -201,10 +271,15 @@ def test_vosk_options(client):
         client, audio, {"sample_rate": 16000, "words": False, "max_alternatives": 3}
     )
     alternatives = [r for r in replies if "alternatives" in r and r["alternatives"][0]["text"]]
-    assert alternatives and alternatives[0]["alternatives"][0]["text"] == "yes"
-    assert len(alternatives[0]["alternatives"]) <= 3
-    restricted = vosk_session(client, audio, {"sample_rate": 16000, "phrase_list": ["no", "go"]})
-    assert all("yes" not in r.get("text", "") for r in restricted)
+    assert len(alternatives) == 1
+    assert [a["text"] for a in alternatives[0]["alternatives"]] == list(RANKING)
+    assert all(list(a) == ["confidence", "text"] for a in alternatives[0]["alternatives"])
+    with_words = vosk_session(client, audio, {"max_alternatives": 2})
+    best = next(r for r in with_words if "alternatives" in r)["alternatives"][0]
+    assert list(best) == ["confidence", "text", "result"]
+    assert list(best["result"][0]) == ["start", "end", "word"] and best["text"] == LEADER
+    restricted = vosk_session(client, audio, {"sample_rate": 16000, "phrase_list": ["no", "up"]})
+    assert [r["text"] for r in restricted if r.get("text")] == ["no"]
 
 
 def test_vosk_reset_keeps_the_stream_open(client):
@@ -220,16 +295,30 @@ def test_vosk_reset_keeps_the_stream_open(client):
 
 
 # ----- batch -------------------------------------------------------------------------------
-def test_transcribe_upload(client, tmp_path):
+def transcribe(client, tmp_path) -> dict:
     path = tmp_path / "two.flac"
     sf.write(path, sentence("yes", "no"), 16000)
     response = client.post("/v1/transcribe", files={"file": ("two.flac", path.read_bytes())})
     assert response.status_code == 200
-    body = response.json()
-    assert body["text"] == "yes no"
-    assert set(body) == {"text", "words", "duration", "stats"}
+    return response.json()
+
+
+def test_transcribe_upload(client, tmp_path):
+    body = transcribe(client, tmp_path)
+    assert body["text"] == f"{LEADER} {LEADER}"
+    assert list(body) == ["text", "words", "duration", "stats"]
+    assert list(body["words"][0]) == ["word", "start", "end", "confidence"]
+    # Batch is streaming with the whole file: the same words at the same times.
+    assert body["words"] == [
+        {k: v for k, v in m.items() if k != "type"}
+        for m in finals(stream(client, sentence("yes", "no")))
+    ]
     assert {"spikes", "synaptic_ops", "real_time_factor"} <= set(body["stats"])
     assert body["stats"]["synaptic_ops"] > 0 and body["duration"] == pytest.approx(2.6, abs=0.01)
+
+
+def test_transcribe_upload_bundled_model(bundled_client, tmp_path):
+    assert transcribe(bundled_client, tmp_path)["text"] == "yes no"
 
 
 @pytest.mark.parametrize(
@@ -266,6 +355,30 @@ def test_operations_endpoints(client):
         assert name in metrics
     assert client.get("/docs").status_code == 200
     assert "/v1/transcribe" in client.get("/openapi.json").json()["paths"]
+
+
+def test_openapi_names_the_websocket_messages(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    stream_messages = schemas["StreamMessage"]
+    assert stream_messages["discriminator"]["propertyName"] == "type"
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in stream_messages["oneOf"]} == {
+        "PartialMessage",
+        "FinalMessage",
+        "ActivityMessage",
+        "ErrorMessage",
+        "EofMessage",
+    }
+    assert schemas["FinalMessage"]["required"] == ["type", "word", "start", "end", "confidence"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in schemas["VoskMessage"]["anyOf"]} == {
+        "VoskPartial",
+        "VoskResult",
+        "VoskAlternatives",
+    }
+    assert schemas["VoskResult"]["required"] == ["text"]  # "result" only with words
+    assert "vocabulary" in schemas["StreamConfig"]["properties"]
+    assert "phrase_list" in schemas["VoskConfig"]["properties"]
+    # Every reference resolves inside the document.
+    assert set(re.findall(r"#/components/schemas/(\w+)", json.dumps(schemas))) <= set(schemas)
 
 
 def batch_counts(client) -> dict[tuple[str, str], float]:
@@ -315,8 +428,13 @@ def spike_stream(client, payload: bytes, frame: int = 6000) -> list[dict]:
 def test_spike_events_in_give_the_same_words_as_audio(client):
     audio = sentence("yes", "no")
     from_audio = finals(stream(client, audio))
-    from_spikes = finals(spike_stream(client, spike_records(audio)))
-    assert [w["word"] for w in from_spikes] == [w["word"] for w in from_audio] == ["yes", "no"]
+    assert [w["word"] for w in from_audio] == [LEADER] * 2
+    assert finals(spike_stream(client, spike_records(audio))) == from_audio
+
+
+def test_spike_events_bundled_model(bundled_client):
+    from_spikes = finals(spike_stream(bundled_client, spike_records(sentence("yes", "no"))))
+    assert [w["word"] for w in from_spikes] == ["yes", "no"]
 
 
 @pytest.mark.parametrize(
@@ -340,7 +458,8 @@ def test_bad_spike_input(client, records, reason):
     assert closed.value.code == 1007
 
 
-def test_transcribe_spike_file(tmp_path):
+@pytest.mark.slow  # a fresh interpreter loads torch and the model (~5 s)
+def test_transcribe_spike_file_bundled_model(tmp_path):
     from app.cli import main
 
     wav = tmp_path / "yes.wav"
@@ -377,7 +496,7 @@ def test_a_failing_network_step_closes_only_that_stream(client, monkeypatch):
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
     assert closed.value.code == 1011
-    assert [w["word"] for w in finals(stream(client, sentence("no")))] == ["no"]
+    assert words_of(stream(client, sentence("no"))) == [LEADER]
 
 
 def test_metrics_of_several_worker_processes_are_summed(tmp_path, monkeypatch):

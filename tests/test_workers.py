@@ -55,6 +55,7 @@ def _connections_per_worker(parent: psutil.Process, port: int) -> dict[int, int]
     return counts
 
 
+@pytest.mark.slow  # two server processes, each loading the model
 def test_two_workers_share_a_burst_of_connections_and_stop_cleanly():
     command = [sys.executable, "-m", "app.cli", "serve", "--port", "0", "--workers", "2"]
     process = subprocess.Popen(
@@ -93,6 +94,7 @@ def test_worker_count_is_a_positive_count_or_auto():
             _worker_count(bad)
 
 
+@pytest.mark.slow  # a server process in a fresh interpreter
 def test_a_taken_port_is_a_one_line_error():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

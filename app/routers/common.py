@@ -8,6 +8,7 @@ import numpy as np
 from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
+from app.schemas import ErrorMessage, message_json
 from audio_frontend.events import SpikeEvents
 
 CLOSE_NORMAL = 1000
@@ -58,7 +59,7 @@ async def close_with_error(
         return
     try:
         if send_json:
-            await websocket.send_json({"type": "error", "message": error.reason})
+            await websocket.send_json(message_json(ErrorMessage(message=error.reason)))
         # A close reason may hold at most 123 bytes.
         await websocket.close(
             code=error.code, reason=error.reason.encode()[:123].decode(errors="ignore")

@@ -23,7 +23,8 @@ from app.routers.common import (
     parse_json,
 )
 from app.scheduler import Session, SessionFailed
-from app.schemas import StreamConfig
+from app.schemas import ActivityMessage, EofMessage, StreamConfig, message_json
+from app.service import word_message
 from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm, decode_s16le
 from models.recognizer import Stream, StreamActivity, StreamOptions
 
@@ -85,7 +86,7 @@ class ActivityReporter:
         self.min_bins = max(1, math.ceil(ACTIVITY_INTERVAL_S / bin_s - 1e-6))
         self.sent: StreamActivity | None = None
 
-    def message(self, stream: Stream, flush: bool = False) -> dict | None:
+    def message(self, stream: Stream, flush: bool = False) -> ActivityMessage | None:
         now = stream.activity
         if now is None:
             return None
@@ -94,13 +95,12 @@ class ActivityReporter:
             return None
         counts = now.input_counts - (self.sent.input_counts if self.sent is not None else 0.0)
         self.sent = now
-        return {
-            "type": "activity",
-            "time": round(now.bins_done * self.bin_s, 3),
-            "bins": bins,
-            "input": np.rint(counts).astype(int).tolist(),
-            "output": np.round(now.last_output.astype(float), 4).tolist(),
-        }
+        return ActivityMessage(
+            time=round(now.bins_done * self.bin_s, 3),
+            bins=bins,
+            input=np.rint(counts).astype(int).tolist(),
+            output=np.round(now.last_output.astype(float), 4).tolist(),
+        )
 
 
 async def send_events(
@@ -130,7 +130,7 @@ async def _forward_events(
                 event = _NO_EVENT
             message = activity.message(session.stream, flush=event is None)
             if message is not None:
-                await websocket.send_json(message)
+                await websocket.send_json(message_json(message))
             if event is _NO_EVENT:
                 continue
         if event is None:
@@ -138,26 +138,8 @@ async def _forward_events(
         if isinstance(event, SessionFailed):
             await close_with_error(websocket, ProtocolError(CLOSE_INTERNAL, event.reason))
             return
-        if event.kind == "partial":
-            if partials:
-                await websocket.send_json(
-                    {
-                        "type": "partial",
-                        "word": event.word,
-                        "confidence": round(event.confidence, 4),
-                        "time": round(event.time, 3),
-                    }
-                )
-        else:
-            await websocket.send_json(
-                {
-                    "type": "final",
-                    "word": event.word,
-                    "start": round(event.start, 3),
-                    "end": round(event.end, 3),
-                    "confidence": round(event.confidence, 4),
-                }
-            )
+        if event.kind == "final" or partials:
+            await websocket.send_json(message_json(word_message(event)))
 
 
 @router.websocket("/v1/stream")
@@ -191,7 +173,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
                     await session.processed()
                     session.events.put_nowait(None)
                     await sender
-                    await websocket.send_json({"type": "eof"})
+                    await websocket.send_json(message_json(EofMessage()))
                     await websocket.close(CLOSE_NORMAL)
                     return
                 raise ProtocolError(

@@ -24,12 +24,27 @@ from app.routers.common import (
     parse_json,
 )
 from app.scheduler import Session, SessionFailed
-from app.schemas import VoskConfig
+from app.schemas import (
+    VoskAlternative,
+    VoskAlternatives,
+    VoskAlternativeWord,
+    VoskConfig,
+    VoskMessage,
+    VoskPartial,
+    VoskResult,
+    VoskWord,
+    message_json,
+)
 from audio_frontend.audio_io import AudioError, check_sample_rate, decode_s16le
 from models.decoding import WordEvent
 from models.recognizer import StreamOptions
 
 router = APIRouter()
+
+
+def vosk_json(message: VoskMessage) -> str:
+    # json.dumps' default separators, as vosk-server's replies have them.
+    return json.dumps(message_json(message))
 
 
 class VoskSession:
@@ -61,7 +76,7 @@ class VoskSession:
             )
         return self.session
 
-    async def accept_waveform(self, data: bytes) -> dict:
+    async def accept_waveform(self, data: bytes) -> VoskMessage:
         session = self._ensure()
         try:
             await session.feed_audio(decode_s16le(data))
@@ -71,9 +86,9 @@ class VoskSession:
         finals = self._collect(session)
         if finals:
             return self.result(finals)
-        return {"partial": self.partial}
+        return VoskPartial(partial=self.partial)
 
-    async def final_result(self) -> dict:
+    async def final_result(self) -> VoskResult | VoskAlternatives:
         session = self._ensure()
         await session.feed_audio(decode_s16le(b""), final=True)
         await session.processed()
@@ -98,37 +113,44 @@ class VoskSession:
             self.services.metrics.words.labels("vosk").inc(len(finals))
         return finals
 
-    def result(self, finals: list[WordEvent]) -> dict:
+    def result(self, finals: list[WordEvent]) -> VoskResult | VoskAlternatives:
+        if self.config.max_alternatives > 0:
+            return VoskAlternatives(alternatives=self._alternatives(finals))
         text = " ".join(w.word for w in finals)
+        if not (self.config.words and finals):
+            return VoskResult(text=text)
         words = [
-            {
-                "conf": round(w.confidence, 6),
-                "end": round(w.end, 6),
-                "start": round(w.start, 6),
-                "word": w.word,
-            }
+            VoskWord(
+                conf=round(w.confidence, 6),
+                end=round(w.end, 6),
+                start=round(w.start, 6),
+                word=w.word,
+            )
             for w in finals
         ]
-        if self.config.max_alternatives > 0:
-            return {"alternatives": self._alternatives(finals)}
-        return {"result": words, "text": text} if self.config.words and words else {"text": text}
+        return VoskResult(result=words, text=text)
 
-    def _alternatives(self, finals: list[WordEvent]) -> list[dict]:
+    def _alternatives(self, finals: list[WordEvent]) -> list[VoskAlternative]:
         if not finals:
-            return [{"confidence": 0.0, "text": ""}]
+            return [VoskAlternative(confidence=0.0, text="")]
         # N-best over the last word (one word per result is the common case).
         head = " ".join(w.word for w in finals[:-1])
         last = finals[-1]
         choices = last.alternatives or ((last.word, last.confidence),)
-        out = []
-        for word, confidence in choices[: self.config.max_alternatives]:
-            entry = {"confidence": round(confidence, 6), "text": f"{head} {word}".strip()}
-            if self.config.words:
-                entry["result"] = [
-                    {"start": round(last.start, 6), "end": round(last.end, 6), "word": word}
+        return [
+            VoskAlternative(
+                confidence=round(confidence, 6),
+                text=f"{head} {word}".strip(),
+                result=[
+                    VoskAlternativeWord(
+                        start=round(last.start, 6), end=round(last.end, 6), word=word
+                    )
                 ]
-            out.append(entry)
-        return out
+                if self.config.words
+                else None,
+            )
+            for word, confidence in choices[: self.config.max_alternatives]
+        ]
 
 
 @router.websocket("/vosk")
@@ -149,11 +171,11 @@ async def vosk_endpoint(websocket: WebSocket) -> None:
                         raise ProtocolError(CLOSE_INVALID, "config must be a JSON object")
                     vosk.configure(control["config"])
                 elif "eof" in control:
-                    await websocket.send_text(json.dumps(await vosk.final_result()))
+                    await websocket.send_text(vosk_json(await vosk.final_result()))
                     await websocket.close(CLOSE_NORMAL)
                     return
                 elif "reset" in control:
-                    await websocket.send_text(json.dumps(await vosk.final_result()))
+                    await websocket.send_text(vosk_json(await vosk.final_result()))
                 else:
                     raise ProtocolError(CLOSE_UNSUPPORTED, "expected audio, config, eof or reset")
                 continue
@@ -163,7 +185,7 @@ async def vosk_endpoint(websocket: WebSocket) -> None:
             services.metrics.audio_seconds.labels("vosk").inc(
                 len(data) / 2 / vosk.config.sample_rate
             )
-            await websocket.send_text(json.dumps(await vosk.accept_waveform(data)))
+            await websocket.send_text(vosk_json(await vosk.accept_waveform(data)))
     except ProtocolError as error:
         services.metrics.errors.labels(f"vosk_{error.code}").inc()
         await close_with_error(websocket, error, send_json=False)
