@@ -1,4 +1,6 @@
-# CPU image running the recognition service with the bundled model.
+# CPU image running the recognition service with the bundled model.  It leaves out the
+# training code (training/): `spikeear train` and the other training commands say that they
+# need the full install.
 FROM python:3.11-slim
 
 RUN apt-get update \
@@ -10,7 +12,6 @@ COPY pyproject.toml README.md ./
 COPY app app
 COPY models models
 COPY audio_frontend audio_frontend
-COPY training training
 # TORCH_INDEX: a package index serving CPU-only torch wheels keeps the image small
 # (PyPI's default torch wheel carries CUDA libraries, unused here).
 ARG TORCH_INDEX=""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -37,6 +37,9 @@ from models.neurons import (
 )
 
 KINDS = ("spiking", "analog", "binary")
+# Settings that model files written before their removal still hold: read and ignored
+# (``extra`` was a free-form dict that no network used).
+_REMOVED_SETTINGS = ("extra",)
 
 
 def _ordinal(n: int) -> str:
@@ -67,7 +70,6 @@ class NetworkConfig:
     # (a two-layer spiking convolution along frequency) and (32, 5, 2, 64, 3, 2) the
     # third as well.  Needs input_conv.
     hidden_conv: tuple[int, ...] | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -125,7 +127,7 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> NetworkConfig:
-        values = dict(values)
+        values = {k: v for k, v in values.items() if k not in _REMOVED_SETTINGS}
         for key in ("hidden", "tau_u", "tau_w", "input_delays", "input_conv", "hidden_conv"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from app.cli import main
+from app.cli import build_parser, main
 from audio_frontend import Cochlea
 from audio_frontend.events import SpikeEvents
 from audio_frontend.spike_files import read_spike_file, write_spike_file
@@ -63,6 +63,7 @@ def test_plot_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -102,3 +103,36 @@ def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path, argv, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["app.server", "app.cli"])
+def test_serving_imports_no_training_code(module):
+    """The service (and the command line that starts it) load neither the training code
+    nor its dependencies: the serving image has no training/."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert module in imported  # the report is there to be read
+    assert not [name for name in imported if name.split(".")[0] in ("training", "librosa")]
+
+
+@pytest.mark.parametrize("command", ["train", "features", "evaluate", "export-nir"])
+def test_training_commands_without_the_training_code_say_so(monkeypatch, capsys, command):
+    """As in the serving image: one line and a non-zero exit, not a traceback."""
+    # import training fails, also where a test before this one imported some of it
+    for name in ["training", *(n for n in sys.modules if n.startswith("training."))]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "app.train_commands", raising=False)
+    assert main([command, "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"spikeear {command}: error: training commands need the full install " + (
+        "(the repository with its training/ package, 'pip install .'); this one only recognises\n"
+    )
+    # The other commands parse as ever.
+    assert build_parser("serve").parse_args(["serve", "--port", "0"]).port == 0

@@ -310,7 +310,7 @@ def test_a_few_training_steps_reduce_the_loss():
     losses = []
     for _ in range(40):
         evidence, _, activity = network(x)
-        loss = clip_loss(evidence, y, 0.0) + 0.5 * rate_penalty(activity)
+        loss = clip_loss(evidence, y) + 0.5 * rate_penalty(activity)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -346,7 +346,7 @@ def test_fused_backpropagation_equals_autograd(recurrent):
         network.zero_grad()
         evidence, final, activity = network(inputs, start)
         labels = torch.arange(6) % 5
-        loss = clip_loss(evidence, labels, 0.3) + rate_penalty(activity)
+        loss = clip_loss(evidence, labels) + rate_penalty(activity)
         loss = loss + final.layers[0].u.square().mean() + final.layers[1].w.mean()
         loss.backward()
         assert 0.02 < activity[0].mean() < 0.6  # spiking, so the surrogate is exercised

@@ -1,9 +1,13 @@
 """Training end to end on a tiny folder: features, feature packs, a distilled student."""
 
+import dataclasses
 import json
+import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,16 +20,18 @@ from models.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model
 from models.network import Classifier, NetworkConfig
 from models.vocabulary import DEFAULT_VOCABULARY
 from tests.conftest import FIXTURES
-from training.augment import (
+from training.augment import AugmentConfig, active_level_dbfs, augment
+from training.config import (
     DEFAULT_SPEECH_LEVEL_DBFS,
-    AugmentConfig,
-    active_level_dbfs,
-    augment,
+    TRAIN_FLAGS,
+    TrainConfig,
+    features_command,
+    train_command,
 )
-from training.evaluate import card_markdown, features_command, train_command
+from training.evaluate import card_markdown
 from training.features import FeatureSet, FeatureSpec, load_pack, save_pack
 from training.teacher import ARCHITECTURES, ConvTeacher, TeacherEnsemble
-from training.train import cached_teacher_targets, decay_groups, teacher_logits
+from training.train import cached_teacher_targets, teacher_logits
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +48,7 @@ def speech_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     pack = tmp_path / "pack.npz"
     cache = str(tmp_path / "cache")
@@ -88,7 +95,7 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
     args = ["--features", str(pack), "--out", str(reused), "--epochs", "1", "--batch-size", "2"]
     args += ["--distill", "0.5", "--delays", "0", "3", "--teacher-targets", "cached"]
     args += ["--cache-dir", cache, "--input-conv", "8", "5", "2", "--dropout", "0.2"]
-    args += ["--hidden-conv", "16", "5", "2", "--mixup", "0.4", "--temperature", "3"]
+    args += ["--hidden-conv", "16", "5", "2", "--temperature", "3"]
     for teacher in (model, second):
         args += ["--teacher", str(teacher.with_suffix(".teacher.pt"))]
     assert main(["train", *args]) == 0
@@ -118,7 +125,6 @@ def test_features_pack_then_distilled_training(speech_folder, tmp_path, capsys):
         "--delays 0 3",
         "--input-conv 8 5 2",
         "--hidden-conv 16 5 2",
-        "--mixup 0.4",
         "--dropout 0.2",
         "--temperature 3",
         "--distill 0.5",
@@ -145,6 +151,7 @@ def test_teacher_files_keep_their_architecture(tmp_path):
         ConvTeacher(22, arch="transformer")
 
 
+@pytest.mark.slow
 def test_a_run_from_a_pack_takes_its_bin_width(speech_folder, tmp_path, capsys):
     pack = tmp_path / "fine.npz"
     cache = str(tmp_path / "cache")
@@ -181,19 +188,7 @@ def test_a_teacher_reads_finer_bins_by_summing_them(tmp_path):
     assert ConvTeacher.load(tmp_path / "old.pt", torch.device("cpu")).bin_ms == 20.0
 
 
-def test_weight_decay_shrinks_weight_matrices_and_spares_time_constants():
-    network = Classifier(NetworkConfig(n_inputs=8, hidden=(6, 6), n_classes=4))
-    before = {name: p.detach().clone() for name, p in network.named_parameters()}
-    optimizer = torch.optim.AdamW(decay_groups(network, 0.5), lr=0.1, weight_decay=0.0)
-    for p in network.parameters():
-        p.grad = torch.zeros_like(p)  # so that the step is the decay alone
-    optimizer.step()
-    for name, p in network.named_parameters():
-        expected = before[name] * (1 - 0.1 * 0.5) if p.ndim >= 2 else before[name]
-        torch.testing.assert_close(p.detach(), expected, msg=name)
-    assert any(p.ndim < 2 for p in network.parameters())  # time constants, adaptation
-
-
+@pytest.mark.slow
 def test_evaluate_prints_json_and_writes_plots(speech_folder, tmp_path, capsys):
     """The bundled model on every fixture clip: stdout is one JSON object (progress
     bars go to stderr), the figures are consistent, and the plots are written."""
@@ -229,6 +224,7 @@ def _analog_twin(path, vocabulary=DEFAULT_VOCABULARY):
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_puts_a_baseline_beside_the_model_in_its_card(speech_folder, tmp_path, capsys):
     model = tmp_path / "snn.pt"
     shutil.copy(DEFAULT_MODEL_PATH, model)
@@ -293,80 +289,67 @@ def _tiny_pack(path, bin_ms: float = 20.0, augmentation: AugmentConfig | None = 
         (["--distill", "1.5"], "--distill"),
         (["--distill", "0.7", "--temperature", "0"], "--temperature"),
         (["--teacher", "t.pt", "--distill", "0"], "--teacher needs --distill"),
-        (["--relative-gain", "--speech-level-dbfs", "-40", "-10"], "either --speech-level"),
         (["--delays", "0", "-2"], "delays"),
         (["--tau-u-ms", "30", "10"], "--tau-u-ms"),
-        (["--channel-shift", "-1"], "--channel-shift"),
-        (["--weight-decay", "-0.1"], "--weight-decay"),
-        (["--pitch-semitones", "3", "-3"], "--pitch-semitones"),
-        (["--mixup", "-1"], "--mixup"),
         (["--hidden-conv", "16", "5", "2"], "--hidden-conv: hidden_conv needs input_conv"),
         (["--input-conv", "8", "5", "2", "--hidden-conv", "8", "5", "2"], "128 second-layer"),
         (["--input-conv", "8", "5", "2", "--hidden-conv", "8", "5"], "for each shared layer"),
         (["--speech-level-dbfs", "-12", "-45"], "--speech-level-dbfs"),
-        (["--speech-level-dbfs", "-40", "-10"], "this one was made without it"),
+        (
+            ["--speech-level-dbfs", "-40", "-10"],
+            "this one was made with --speech-level-dbfs -45 -12",
+        ),
     ],
 )
-def test_training_bad_input(tmp_path, extra, message):
+def test_training_bad_input(tmp_path, monkeypatch, capsys, extra, message):
+    """Refused before any training, in one line with a non-zero exit."""
+    monkeypatch.chdir(tmp_path)
     pack = tmp_path / "pack.npz"
     _tiny_pack(pack)
     extra = [a.format(dir=tmp_path) for a in extra]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "train",
-            "--features",
-            str(pack),
-            "--out",
-            "m.pt",
-            *extra,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert main(["train", "--features", str(pack), "--out", "m.pt", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists()
 
 
-def test_a_run_from_a_pack_records_the_packs_waveform_augmentation(tmp_path, capsys):
-    """Levels and pitch shifts are fixed when the pack is made: the card's commands put
-    them on ``spikeear features``, where a rerun has to give them, and a run that asks for
-    others is refused."""
+@pytest.mark.parametrize(
+    "removed",
+    [
+        ["--channel-shift", "2"],
+        ["--early-weight", "0.3"],
+        ["--mixup", "0.4"],
+        ["--weight-decay", "0.01"],
+        ["--pitch-semitones", "-2", "2"],
+        ["--rate-weight", "0.5"],
+        ["--relative-gain"],
+        ["--teacher-targets", "batch"],
+    ],
+)
+def test_levers_measured_and_not_kept_are_no_longer_flags(tmp_path, capsys, removed):
+    with pytest.raises(SystemExit) as raised:
+        main(["train", "--features", str(tmp_path / "pack.npz"), "--out", "m.pt", *removed])
+    assert raised.value.code == 2
+    assert removed[0] in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_from_a_pack_records_the_packs_speech_levels(tmp_path, capsys):
+    """Levels are fixed when the pack is made: the card's commands put them on
+    ``spikeear features``, where a rerun has to give them, and a run that asks for others
+    is refused."""
     pack, model = tmp_path / "pack.npz", tmp_path / "m.pt"
-    made = AugmentConfig(speech_level_dbfs=(-45.0, -12.0), pitch_semitones=(-2.0, 2.0))
-    _tiny_pack(pack, augmentation=made)
+    _tiny_pack(pack, augmentation=AugmentConfig(speech_level_dbfs=(-40.0, -20.0)))
     argv = ["train", "--features", str(pack), "--out", str(model), "--epochs", "1"]
-    assert main([*argv, "--pitch-semitones", "-1", "1"]) == 2
-    assert "--pitch-semitones is fixed when a pack is made" in capsys.readouterr().err
+    assert main([*argv, "--speech-level-dbfs", "-45", "-12"]) == 2
+    assert "--speech-level-dbfs is fixed when a pack is made" in capsys.readouterr().err
     assert main([*argv, "--hidden", "8", "--batch-size", "2", "--distill", "0"]) == 0
     bundle = load_model(model)
-    assert tuple(bundle.card["training"]["speech_level_dbfs"]) == (-45.0, -12.0)
-    assert tuple(bundle.card["training"]["pitch_semitones"]) == (-2.0, 2.0)
-    card = card_markdown(bundle)
-    expected = "`spikeear features --speech-level-dbfs -45 -12 --pitch-semitones -2 2 --data ...`"
-    assert expected in card
+    assert tuple(bundle.card["training"]["speech_level_dbfs"]) == (-40.0, -20.0)
+    expected = "`spikeear features --speech-level-dbfs -40 -20 --data ...`"
+    assert expected in card_markdown(bundle)
     assert "--speech-level-dbfs" not in train_command(bundle.card["training"])
-    assert "--pitch-semitones" not in train_command(bundle.card["training"])
-
-
-def test_pitch_perturbation_moves_the_spectrum_and_keeps_the_tempo():
-    """A 400 Hz tone of 0.4 s shifted by +3 semitones comes out at 476 Hz, still 0.4 s
-    long: speed perturbation alone would have shortened it."""
-    rate = 16000
-    time = np.arange(rate) / rate
-    tone = np.where((time >= 0.3) & (time < 0.7), 0.3 * np.sin(2 * np.pi * 400 * time), 0)
-    config = AugmentConfig(speed=(1.0, 1.0), pitch_semitones=(3.0, 3.0), band_limit_probability=0.0)
-    shifted = augment(tone.astype(np.float32), rate, [], np.random.default_rng(0), config)
-    spectrum = np.abs(np.fft.rfft(shifted))
-    peak_hz = np.argmax(spectrum) * rate / len(shifted)
-    assert abs(peak_hz - 400 * 2 ** (3 / 12)) < 4
-    sounding = np.flatnonzero(np.abs(shifted) > 0.2 * np.abs(shifted).max())
-    assert abs((sounding[-1] - sounding[0]) / rate - 0.4) < 0.02  # sped up: 0.34 s
 
 
 def test_a_file_that_is_not_a_pack_is_refused(tmp_path):
@@ -397,6 +380,7 @@ def _shd_file(path, n_channels: int = 64, spread: int = 1) -> None:
         file.create_dataset("extra/speaker", data=np.array(speakers, np.uint16))
 
 
+@pytest.mark.slow
 def test_training_on_an_shd_layout_spike_file(tmp_path):
     from training.data import discover
 
@@ -406,15 +390,16 @@ def test_training_on_an_shd_layout_spike_file(tmp_path):
     assert [c.label for c in clips] == ["yes", "no", "_unknown_", "stop"]
     assert {c.speaker for c in clips} == {"shd_train:0", "shd_train:1"}
     model = tmp_path / "m.pt"
-    argv = ["train", "--data", str(shd), "--out", str(model), "--epochs", "1", "--relative-gain"]
+    argv = ["train", "--data", str(shd), "--out", str(model), "--epochs", "1"]
     argv += ["--distill", "0", "--batch-size", "2", "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 0
     card = load_model(model).card
     assert card["data"]["train"]["shd_train"]["clips"] >= 1
     command = train_command(card["training"])
-    assert "--relative-gain" in command and "--distill 0 " in command
+    assert "--speech-level-dbfs -45 -12" in command and "--distill 0 " in command
 
 
+@pytest.mark.slow
 def test_a_spike_file_with_more_channels_than_the_model_is_refused(tmp_path):
     shd = tmp_path / "shd700.h5"
     _shd_file(shd, n_channels=700, spread=10)  # like the published SHD files' 700 channels
@@ -474,3 +459,103 @@ def test_cached_teacher_targets_pay_only_for_new_clip_copies(tmp_path, capsys):
     np.testing.assert_array_equal(extended[:4], first)
     np.testing.assert_array_equal(again, extended)
     assert len(list(tmp_path.glob("teacher-targets-*.npz"))) == 1
+
+
+def _parsed(command: str) -> TrainConfig:
+    """The TrainConfig that ``spikeear`` builds from a recorded ``spikeear train`` line."""
+    from app.cli import build_parser
+    from app.train_commands import train_config
+
+    words = shlex.split(command)
+    assert words[:2] == ["spikeear", "train"]
+    return train_config(build_parser("train").parse_args([*words[1:], "--out", "m.pt"]))
+
+
+def _recorded_fields(config: TrainConfig, from_pack: bool) -> dict:
+    """What a card's command carries: every flag's setting but those of how the run was
+    executed, and, for a run from a pack, those the pack fixed."""
+    kept = {"data", "features"} | {
+        flag.field
+        for flag in TRAIN_FLAGS
+        if flag.record != "never" and not (from_pack and flag.pack)
+    }
+    return {key: value for key, value in asdict(config).items() if key in kept}
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def test_every_setting_of_a_run_is_a_flag_of_the_table():
+    """A new TrainConfig field needs a row in TRAIN_FLAGS (or is one of a run's inputs)."""
+    inputs = {"data", "out", "features", "vocabulary"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    table = [flag.field for flag in TRAIN_FLAGS]
+    assert len(table) == len(set(table))
+    assert set(table) == fields - inputs
+
+
+def test_the_recorded_training_command_parses_back_into_the_same_settings():
+    config = TrainConfig(
+        data=["speech_commands", "fsdd"],
+        out="m.pt",
+        epochs=12,
+        batch_size=64,
+        lr=3e-3,
+        seed=5,
+        kind="analog",
+        hidden=(128, 96),
+        input_delays=(0, 2, 4),
+        input_conv=(8, 5, 2),
+        hidden_conv=(16, 3, 2),
+        dropout=0.25,
+        channels=48,
+        bin_ms=10.0,
+        variants=2,
+        speech_level_dbfs=(-40.0, -15.5),
+        tau_u_ms=(40.0, 200.0),
+        tau_w_ms=(250.0, 1000.0),
+        max_shift_ms=60.0,
+        max_time_mask_ms=40.0,
+        max_channel_mask=2,
+        distill_weight=0.5,
+        temperature=3.0,
+        teacher_epochs=7,
+        teacher_width=16,
+        teacher_arch="vgg",
+        threads=3,  # how the run was executed: not recorded
+    )
+    training = {k: v for k, v in asdict(config).items() if k not in ("resume", "cache_dir")}
+    command = train_command(training)
+    assert "--threads" not in command
+    assert _recorded_fields(_parsed(command), False) == _recorded_fields(config, False)
+    # Given teachers replace the settings of one trained first.
+    with_teachers = dataclasses.replace(config, teachers=("a.teacher.pt", "b.teacher.pt"))
+    command = train_command(asdict(with_teachers))
+    assert "--teacher-epochs" not in command
+    parsed = _parsed(command)
+    assert parsed.teachers == with_teachers.teachers
+    assert parsed.teacher_epochs == TrainConfig.teacher_epochs
+
+
+def test_the_bundled_models_training_command_parses_back_into_its_settings():
+    """The shipped recipe, as its card records it (a run from a pack, whose levels and bin
+    width are on the card's ``spikeear features`` line)."""
+    training = load_model().card["training"]
+    command = train_command(training)
+    parsed = _recorded_fields(_parsed(command), from_pack=True)
+    recorded = {**training, "features": Path(training["features"]).name}  # named, not placed
+    for key, value in parsed.items():
+        assert _as_tuple(value) == _as_tuple(recorded[key]), key
+    assert features_command(training) == (
+        "spikeear features --speech-level-dbfs -45 -12 --bin-ms 10 --data ..."
+    )
+
+
+def test_model_files_from_before_removed_network_settings_still_load():
+    """``NetworkConfig.extra`` is gone; the bundled file (and older ones) still hold it."""
+    stored = torch.load(DEFAULT_MODEL_PATH, map_location="cpu", weights_only=True)
+    assert "extra" in stored["network_config"]
+    bundle = load_model()
+    assert NetworkConfig.from_dict(stored["network_config"]) == bundle.network.config
+    assert bundle.network.config == NetworkConfig.from_dict(bundle.network.config.to_dict())

@@ -1,36 +1,30 @@
-"""Waveform augmentation for training: noise, gain, speed, pitch, band-limiting, placement.
+"""Waveform augmentation for training: noise, speech level, speed, band-limiting, placement.
 
 Every clip of every class is band-limited to 4 kHz at random, so that the FSDD
 digits (recorded at 8 kHz) cannot be told apart from the 16 kHz command words by
 bandwidth alone.  Level can betray the class too: two of the five FSDD training
 speakers speak 16-22 dB below the Speech Commands median, and a model trained with
 gains relative to each recording learned that quiet means digit
-(``benchmarks/robustness.py``).  ``speech_level_dbfs`` sets every variant to a random
-absolute speech level instead.
+(``benchmarks/robustness.py``), so every variant gets a random absolute speech level.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 import soxr
 
-# The training copies' speech levels unless a run asks for relative gains: absolute levels
-# keep loudness from becoming a class cue (README, Results honestly).
-DEFAULT_SPEECH_LEVEL_DBFS = (-45.0, -12.0)
+from training.config import DEFAULT_SPEECH_LEVEL_DBFS
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     noise_probability: float = 0.7
     snr_db: tuple[float, float] = (0.0, 25.0)
-    gain_db: tuple[float, float] = (-20.0, 8.0)  # relative to the recording's level
-    # or, when set, the variant's absolute speech level (``active_level_dbfs``), e.g. (-45, -12)
-    speech_level_dbfs: tuple[float, float] | None = None
+    # The variant's speech level (``active_level_dbfs``), drawn from this range.
+    speech_level_dbfs: tuple[float, float] = DEFAULT_SPEECH_LEVEL_DBFS
     speed: tuple[float, float] = (0.85, 1.15)
-    pitch_semitones: tuple[float, float] | None = None  # e.g. (-2, 2); None: off
     band_limit_probability: float = 0.4
 
 
@@ -77,14 +71,11 @@ def augment(
     length = len(audio)
     speed = rng.uniform(*config.speed)
     audio = soxr.resample(audio, rate, int(rate / speed)).astype(np.float32)
-    if config.pitch_semitones:  # drawn only when on, so variants made without it stay as they were
-        steps = rng.uniform(*config.pitch_semitones)
-        audio = librosa.effects.pitch_shift(audio, sr=rate, n_steps=steps, res_type="soxr_hq")
     audio = place(audio, length, rng)
     if rng.random() < config.band_limit_probability:
         audio = band_limit(audio, rate)
     # Measured before the noise is added: the level set below is the speech's.
-    speech_level = active_level_dbfs(audio, rate) if config.speech_level_dbfs else 0.0
+    speech_level = active_level_dbfs(audio, rate)
     if noises and rng.random() < config.noise_probability:
         noise = noises[rng.integers(len(noises))]
         noise = np.resize(np.roll(noise, rng.integers(len(noise))), length)
@@ -92,10 +83,7 @@ def augment(
         noise_power = float(np.mean(noise**2)) + 1e-10
         snr = rng.uniform(*config.snr_db)
         audio = audio + noise * np.sqrt(signal_power / noise_power / 10 ** (snr / 10))
-    if config.speech_level_dbfs:
-        gain = 10 ** ((rng.uniform(*config.speech_level_dbfs) - speech_level) / 20)
-    else:
-        gain = 10 ** (rng.uniform(*config.gain_db) / 20)
+    gain = 10 ** ((rng.uniform(*config.speech_level_dbfs) - speech_level) / 20)
     peak = float(np.abs(audio).max()) + 1e-9
     gain = min(gain, 0.99 / peak)  # never clip
     return (audio * gain).astype(np.float32)

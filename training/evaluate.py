@@ -17,12 +17,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from models.costs import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, NetworkCosts
 from models.decoding import clip_decisions, log_evidence
 from models.model_file import ModelBundle
 from models.network import Classifier
-from models.recognizer import PICOJOULES_PER_AC, PICOJOULES_PER_MAC, Recognizer
+from models.recognizer import Recognizer
 from models.vocabulary import SILENCE, UNKNOWN, is_word
-from training.config import TrainConfig
+from training.config import features_command, train_command
 from training.data import Clip, describe, discover, split_by_speaker
 from training.features import FeatureSpec, build_features
 
@@ -149,11 +150,10 @@ def evaluate_rasters(
         at = np.clip(spans[:, 0] + np.floor(heard * durations).astype(int), 0, rasters.shape[1] - 1)
         curve.append(float((running[np.arange(len(labels)), at] == labels)[words].mean()))
 
-    recognizer = Recognizer(bundle)
-    fan_out = recognizer._fan_out
+    costs = NetworkCosts.of(bundle.network)
     input_spikes = rasters.sum(axis=(1, 2)).astype(np.float64)
-    synaptic_ops = input_spikes * fan_out[0] + hidden_spikes @ fan_out[1:]
-    dense_macs = recognizer._dense_macs_per_bin * rasters.shape[1]
+    synaptic_ops = costs.synaptic_ops(input_spikes, hidden_spikes)
+    dense_macs = costs.dense_macs(rasters.shape[1])
     confusion = np.zeros((len(vocabulary), len(vocabulary)), int)
     np.add.at(confusion, (labels, predictions), 1)
     report = {
@@ -260,7 +260,7 @@ def evaluate(
     spec = FeatureSpec(bundle.frontend, bundle.bin_ms, 0)
     cache = Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    min_activity = Recognizer(bundle).decoder.min_activity
+    min_activity = Recognizer(bundle).endpointer.min_activity
     results, curves = {}, {}
     native = build_features(clips, bundle.vocabulary, spec, cache, False, description="eval")
     ok = native.ok
@@ -337,86 +337,6 @@ def baseline_figures(bundle: ModelBundle, path: str | Path, results: dict) -> di
     if "band_limited_8k" in results:
         figures["band_limited_8k"] = results["band_limited_8k"]["in_vocabulary_accuracy"]
     return figures
-
-
-# Settings a card records -> the ``spikeear train`` flag that sets them (printed when
-# they differ from the training defaults).
-_TRAIN_FLAGS = {
-    "input_delays": "--delays",
-    "input_conv": "--input-conv",
-    "hidden_conv": "--hidden-conv",
-    "mixup": "--mixup",
-    "dropout": "--dropout",
-    "tau_u_ms": "--tau-u-ms",
-    "tau_w_ms": "--tau-w-ms",
-    "max_shift_ms": "--shift-ms",
-    "max_time_mask_ms": "--time-mask-ms",
-    "max_channel_mask": "--channel-mask",
-    "max_channel_shift": "--channel-shift",
-    "teacher_targets": "--teacher-targets",
-    "temperature": "--temperature",
-}
-
-
-def features_command(training: dict) -> str:
-    """The ``spikeear features`` command that made a run's pack (empty when it had none)."""
-    if not training.get("features"):
-        return ""
-    return " ".join(["spikeear features", _feature_flags(training), "--data ..."])
-
-
-def _feature_flags(training: dict) -> str:
-    """How a run's features were made, as the flags that ask for it: the training copies'
-    levels (the default is absolute levels, so a run without them needs
-    ``--relative-gain``), pitch shifts when there were any, and the bin width when it is
-    not the default."""
-    level = training.get("speech_level_dbfs")
-    if not level:
-        flags = "--relative-gain"
-    else:
-        flags = "--speech-level-dbfs " + " ".join(f"{v:g}" for v in level)
-    pitch = training.get("pitch_semitones")
-    if pitch:
-        flags += " --pitch-semitones " + " ".join(f"{v:g}" for v in pitch)
-    bin_ms = training.get("bin_ms", TrainConfig.bin_ms)
-    if bin_ms != TrainConfig.bin_ms:
-        flags += f" --bin-ms {bin_ms:g}"
-    return flags
-
-
-def train_command(training: dict) -> str:
-    """The ``spikeear train`` command line that a card's training settings describe."""
-
-    defaults = TrainConfig(data=[], out="")
-    words = ["spikeear train"]
-    words += [f"--data {d}" for d in training.get("data", [])]
-    if training.get("features"):  # a pack written by ``spikeear features`` from the sources below
-        words.append(f"--features {Path(training['features']).name}")
-    else:  # a pack fixes these on its own command (features_command)
-        words.append(_feature_flags(training))
-    words += [f"--kind {training.get('kind', 'spiking')}"]
-    words += ["--hidden " + " ".join(str(n) for n in training.get("hidden", []))]
-    words.append(f"--distill {training.get('distill_weight') or 0}")
-    if training.get("distill_weight"):
-        if training.get("teachers"):
-            words += [f"--teacher {Path(t).name}" for t in training["teachers"]]
-        else:
-            words.append(f"--teacher-epochs {training.get('teacher_epochs')}")
-            words.append(f"--teacher-width {training.get('teacher_width', 32)}")
-            # cards from before the choice existed were all trained with the vgg teacher
-            words.append(f"--teacher-arch {training.get('teacher_arch', 'vgg')}")
-    if training.get("early_weight"):
-        words.append(f"--early-weight {training['early_weight']}")
-    for key, flag in _TRAIN_FLAGS.items():
-        value = training.get(key)
-        values = tuple(value) if isinstance(value, list | tuple) else (value,)
-        if value is None or value == getattr(defaults, key) or values == getattr(defaults, key):
-            continue
-        words.append(
-            f"{flag} " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-        )
-    words.append(f"--epochs {training.get('epochs')} --seed {training.get('seed')}")
-    return " ".join(words)
 
 
 def _teachers(training: dict) -> str:

@@ -1,12 +1,10 @@
 """Training loop for the spikeear classifier, readable top to bottom.
 
 Loss (per clip, from the per-step class evidence ``u_t`` of the readout):
-``CE(log mean_t softmax(u_t))`` for the whole clip, plus ``early_weight`` times
-the mean over ``t`` of the same loss on the running mean up to ``t`` (ED-sKWS),
-which rewards a correct answer early, plus firing-rate bounds (sparch).  With
-``distill_weight``, part of the clip loss moves to matching a convolutional
-teacher's softened outputs (:mod:`training.teacher`).  With ``mixup``, each batch is
-mixed with a shuffled copy of itself and both clips' losses are weighted alike.
+``CE(log mean_t softmax(u_t))`` for the whole clip, plus firing-rate bounds (sparch)
+for spiking networks.  With ``distill_weight``, part of the clip loss moves to
+matching a convolutional teacher's softened outputs (:mod:`training.teacher`),
+computed once per stored clip variant.
 
 Features come from the data folders (cochlea run once, cached) or from a
 feature pack (``spikeear features``), which trains on a machine without the audio.
@@ -32,11 +30,14 @@ from models.decoding import log_evidence
 from models.model_file import ModelBundle
 from models.network import Classifier, NetworkConfig
 from training.augment import AugmentConfig
-from training.config import TrainConfig
+from training.config import DEFAULT_SPEECH_LEVEL_DBFS, TrainConfig
 from training.data import DataError, describe, discover, split_by_speaker
 from training.evaluate import run_network
 from training.features import FeatureSet, FeatureSpec, build_features, load_pack, pack_meta
 from training.teacher import ConvTeacher, TeacherEnsemble, distillation_loss
+
+# Weight of the firing-rate bounds in a spiking network's loss.
+RATE_WEIGHT = 0.5
 
 
 def time_constants(
@@ -53,23 +54,16 @@ def time_constants(
     }
 
 
-def clip_loss(evidence: torch.Tensor, labels: torch.Tensor, early_weight: float) -> torch.Tensor:
-    probabilities = evidence.softmax(dim=-1)
-    final = torch.log(probabilities.mean(dim=1) + 1e-8)
-    loss = F.nll_loss(final, labels)
-    if early_weight:
-        steps = torch.arange(1, evidence.shape[1] + 1, device=evidence.device)[None, :, None]
-        running = torch.log(probabilities.cumsum(dim=1) / steps + 1e-8)
-        early = F.nll_loss(running.flatten(0, 1), labels.repeat_interleave(evidence.shape[1]))
-        loss = loss + early_weight * early
-    return loss
+def clip_loss(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    final = torch.log(evidence.softmax(dim=-1).mean(dim=1) + 1e-8)
+    return F.nll_loss(final, labels)
 
 
 def student_loss(
     evidence: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, config: TrainConfig
 ) -> torch.Tensor:
     """The clip loss, part of it moved to the teacher's targets when there are any."""
-    loss = clip_loss(evidence, labels, config.early_weight)
+    loss = clip_loss(evidence, labels)
     if targets is None:
         return loss
     return (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(
@@ -87,9 +81,8 @@ def make_batch(
     features: FeatureSet, indices: np.ndarray, config: TrainConfig, rng: np.random.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Float inputs ``[batch, bins, channels]``, labels and the stored variant each
-    clip came from; with ``rng``, a random variant, time shift, time/channel masks and
-    channel shift per clip.  A channel shift moves formants as a longer or shorter vocal
-    tract does (about half an ERB per channel), one more way speakers differ."""
+    clip came from; with ``rng``, a random variant, time shift and time/channel masks
+    per clip."""
     variant = np.zeros(len(indices), int)
     if rng is None:
         x = features.rasters[indices, 0].astype(np.float32)
@@ -107,12 +100,6 @@ def make_batch(
             width = rng.integers(0, config.max_channel_mask + 1)
             start = rng.integers(0, n_channels - width + 1)
             row[:, start : start + width] = 0
-            if config.max_channel_shift:
-                _shift_zero_filled(
-                    row,
-                    rng.integers(-config.max_channel_shift, config.max_channel_shift + 1),
-                    axis=1,
-                )
     return torch.from_numpy(x), torch.from_numpy(features.labels[indices]), variant
 
 
@@ -283,33 +270,25 @@ def train_teacher(
     return teacher.eval(), accuracy
 
 
-def decay_groups(network: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Optimizer groups: weight decay on weight matrices only.  Time constants,
-    adaptation strengths and biases keep their values (decay would pull every
-    membrane towards forgetting at once)."""
-    matrices = [p for p in network.parameters() if p.ndim >= 2]
-    vectors = [p for p in network.parameters() if p.ndim < 2]
-    return [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors}]
-
-
 def feature_spec(config: TrainConfig) -> FeatureSpec:
     """The features a run (or a pack for it) is made of."""
     return FeatureSpec(
         CochleaConfig(channels=config.channels),
         config.bin_ms,
         config.variants,
-        AugmentConfig(
-            speech_level_dbfs=config.speech_level_dbfs, pitch_semitones=config.pitch_semitones
-        ),
+        AugmentConfig(speech_level_dbfs=config.speech_level_dbfs or DEFAULT_SPEECH_LEVEL_DBFS),
     )
 
 
 def adopt_pack(config: TrainConfig) -> TrainConfig:
-    """A run from a feature pack: the pack must be made for the run's channels, bin width
-    and vocabulary, and the run trains on the augmentation the pack was made with (which
-    its model card should say)."""
+    """A run's speech levels, and its pack's settings: a pack must be made for the run's
+    channels, bin width and vocabulary, and the run trains on the levels the pack was made
+    with (which its model card should say).  Without a pack the levels are the run's, or
+    the default ones."""
     if not config.features:
-        return config
+        return replace(
+            config, speech_level_dbfs=config.speech_level_dbfs or DEFAULT_SPEECH_LEVEL_DBFS
+        )
     meta = pack_meta(config.features)
     made_for = (meta["frontend"].get("channels"), meta["bin_ms"], tuple(meta["vocabulary"]))
     wanted = (config.channels, config.bin_ms, config.vocabulary)
@@ -318,22 +297,15 @@ def adopt_pack(config: TrainConfig) -> TrainConfig:
             f"{config.features}: made for channels, bin width and vocabulary {made_for}, "
             f"this run needs {wanted}"
         )
-    made_with = meta.get("augmentation", {})
-    level, pitch = (
-        tuple(made_with[name]) if made_with.get(name) else None
-        for name in ("speech_level_dbfs", "pitch_semitones")
-    )
-    for flag, asked, made in (
-        ("--speech-level-dbfs", config.speech_level_dbfs, level),
-        ("--pitch-semitones", config.pitch_semitones, pitch),
-    ):
-        if asked not in (None, made):
-            made_as = f"with {flag} {made[0]:g} {made[1]:g}" if made else "without it"
-            raise DataError(
-                f"{config.features}: {flag} is fixed when a pack is made, "
-                f"and this one was made {made_as}"
-            )
-    return replace(config, speech_level_dbfs=level, pitch_semitones=pitch)
+    made = meta.get("augmentation", {}).get("speech_level_dbfs")
+    level = tuple(made) if made else None  # None: a pack made with relative gains
+    if config.speech_level_dbfs not in (None, level):
+        made_as = f"with --speech-level-dbfs {made[0]:g} {made[1]:g}" if made else "without it"
+        raise DataError(
+            f"{config.features}: --speech-level-dbfs is fixed when a pack is made, "
+            f"and this one was made {made_as}"
+        )
+    return replace(config, speech_level_dbfs=level)
 
 
 def _start_run(
@@ -453,7 +425,7 @@ def train(config: TrainConfig) -> ModelBundle:
             teacher, teacher_accuracy = train_teacher(config, train_set, val_set, device)
             teacher.save(out.with_suffix(".teacher.pt"))
     cached_targets = None
-    if teacher is not None and config.teacher_targets == "cached":
+    if teacher is not None:
         cached_targets = cached_teacher_targets(teacher, train_set.rasters, config.cache_dir)
     network = Classifier(
         NetworkConfig(
@@ -468,9 +440,7 @@ def train(config: TrainConfig) -> ModelBundle:
             **time_constants(config.bin_ms, config.tau_u_ms, config.tau_w_ms),
         )
     ).to(device)
-    optimizer = torch.optim.AdamW(
-        decay_groups(network, config.weight_decay), lr=config.lr, weight_decay=0.0
-    )
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=0.0)
     train_indices = np.flatnonzero(train_set.ok)
     steps_per_epoch = math.ceil(len(train_indices) / config.batch_size)
     cycle = OneCycle(config.epochs * steps_per_epoch)
@@ -507,26 +477,13 @@ def train(config: TrainConfig) -> ModelBundle:
                 indices = order[start : start + config.batch_size]
                 x, y, variants = make_batch(train_set, indices, config, rng)
                 x, y = x.to(device), y.to(device)
-                share, partner = 1.0, None
-                if config.mixup:
-                    share = float(rng.beta(config.mixup, config.mixup))
-                    partner = rng.permutation(len(indices))
-                    x = share * x + (1 - share) * x[partner]
-                targets = partner_targets = None
+                targets = None
                 if cached_targets is not None:
                     targets = torch.from_numpy(cached_targets[indices, variants]).to(device)
-                    partner_targets = targets if partner is None else targets[partner]
-                elif teacher is not None:
-                    with torch.no_grad():  # the teacher hears the mixed clips themselves
-                        targets = partner_targets = teacher(x)
                 evidence, _, activity = network(x)
                 loss = student_loss(evidence, y, targets, config)
-                if partner is not None:
-                    loss = share * loss + (1 - share) * student_loss(
-                        evidence, y[partner], partner_targets, config
-                    )
                 if config.kind == "spiking":
-                    loss = loss + config.rate_weight * rate_penalty(activity)
+                    loss = loss + RATE_WEIGHT * rate_penalty(activity)
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)

@@ -14,7 +14,7 @@ D=${D:-runs/s14/dev}; TB=${TB:-7.0}; THREADS=${THREADS:-1}
 TEACHERS=${TEACHERS:-"v64b-20ms v64c-20ms"}
 CONV="--input-conv 16 9 4 --hidden-conv 32 5 2 --delays 0 1 2 3 4"
 # name|seed|flags
-SPECS=${SPECS:-"base-s1|1|;base-s2|2|;conv-s1|1|$CONV;conv-s2|2|$CONV;mix-s1|1|--mixup 0.4;mix-s2|2|--mixup 0.4;mixbatch-s1|1|--mixup 0.4 --teacher-targets batch;mixbatch-s2|2|--mixup 0.4 --teacher-targets batch;convmix-s1|1|$CONV --mixup 0.4;w512-s1|1|--hidden 512 512 512"}
+SPECS=${SPECS:-"base-s1|1|;base-s2|2|;conv-s1|1|$CONV;conv-s2|2|$CONV;w512-s1|1|--hidden 512 512 512"}
 R=$OUT/students; mkdir -p $R
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null
 teachers=""; for t in $TEACHERS; do teachers="$teachers --teacher $D/$t.teacher.pt"; done
