@@ -1,8 +1,10 @@
 """Software cochlea: PCM audio in, auditory-nerve-like spike events out.
 
-The public interface is small: a :class:`CochleaConfig`, a per-stream
-:class:`CochleaState`, and :func:`process_chunk` which maps (chunk, state) to
-(events, state).  Chunking never changes the result.
+The public interface is small: a :class:`CochleaConfig`, a :class:`Cochlea`
+built from it, a per-stream :class:`CochleaState` (``Cochlea.new_state``), and
+``Cochlea.process(chunk, state)``, which returns the chunk's spike events and
+advances the state in place (``process_many`` does several streams in one call).
+Chunking never changes the result.
 """
 
 from audio_frontend.audio_io import AudioError, decode_pcm, load_audio
