@@ -17,6 +17,13 @@ class StreamConfig(BaseModel):
     partials: bool = True
     vocabulary: list[str] | None = Field(None, description="restrict to these model words")
     unknown: bool = Field(False, description="report out-of-vocabulary words as _unknown_")
+    min_confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="a final less confident than this is reported as unknown (default: the "
+        "model's 0.35); higher trades missed commands for fewer false accepts",
+    )
     input: Literal["audio", "spikes"] = Field(
         "audio", description="'spikes': binary frames of (uint32 time_us, uint16 channel) records"
     )
@@ -36,6 +43,7 @@ class VoskConfig(BaseModel):
     words: bool = True
     max_alternatives: int = Field(0, ge=0, le=20)
     phrase_list: list[str] | None = None
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class Word(BaseModel):

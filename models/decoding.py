@@ -39,7 +39,7 @@ class DecoderConfig:
     min_word_s: float = 0.08
     max_word_s: float = 1.5
     rest_after_s: float = 1.0  # without a word for this long, the network goes back to rest
-    min_confidence: float = 0.35  # below this a final is reported as unknown
+    min_confidence: float = 0.35  # below this a final is reported as unknown (per stream too)
 
     def bins(self, seconds: float, bin_s: float) -> int:
         """A duration in whole bins (at least one)."""
@@ -171,6 +171,7 @@ class Endpointer:
 class DecoderState:
     allowed: np.ndarray  # bool [classes]: words this stream may report
     evidence: np.ndarray  # float [classes]: the word's summed log_evidence
+    min_confidence: float  # a final below this confidence is reported as unknown
     evidence_bins: int = 0
     in_word: bool = False
     leader: int = -1  # the class last streamed as a partial
@@ -193,8 +194,13 @@ class Decoder:
         self.speech = ~self.silence
         self.has_silence = bool(self.silence.any())
 
-    def new_state(self, words: list[str] | None = None) -> DecoderState:
-        """``words`` restricts what may be reported (the fillers always stay)."""
+    def new_state(
+        self, words: list[str] | None = None, min_confidence: float | None = None
+    ) -> DecoderState:
+        """``words`` restricts what may be reported (the fillers always stay);
+        ``min_confidence`` replaces the configured rejection threshold."""
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if words is None:
             allowed = np.ones(len(self.vocabulary), bool)
         else:
@@ -202,7 +208,11 @@ class Decoder:
             if unknown:
                 raise ValueError(f"words not in the model's vocabulary: {', '.join(unknown)}")
             allowed = np.array([w in words for w in self.vocabulary]) | self.filler
-        return DecoderState(allowed=allowed, evidence=np.zeros(len(self.vocabulary)))
+        return DecoderState(
+            allowed=allowed,
+            evidence=np.zeros(len(self.vocabulary)),
+            min_confidence=self.config.min_confidence if min_confidence is None else min_confidence,
+        )
 
     def step(
         self, state: DecoderState, probabilities: np.ndarray, boundary: Boundary
@@ -280,7 +290,7 @@ class Decoder:
         order = np.argsort(scores)[::-1]
         best = int(order[0])
         confidence = float(scores[best])
-        if confidence < self.config.min_confidence and self.unknown >= 0:
+        if confidence < state.min_confidence and self.unknown >= 0:
             best = self.unknown
         alternatives = tuple(
             (self.vocabulary[i], float(scores[i])) for i in order[:5] if scores[i] > 0

@@ -50,6 +50,7 @@ class StreamOptions:
     input: Literal["audio", "spikes"] = "audio"
     vocabulary: tuple[str, ...] | None = None  # restrict to these words
     emit_unknown: bool = False  # report out-of-vocabulary words as "_unknown_"
+    min_confidence: float | None = None  # a final less sure than this is unknown (None: default)
     activity: bool = True  # keep ``Stream.activity`` up to date (live displays)
 
 
@@ -146,7 +147,7 @@ class Recognizer:
             binner=SpikeBinner(self.n_channels, self.bin_samples, self.bundle.frontend.sample_rate),
             endpointer=self.endpointer.new_state(),
             row=self.pool.allocate(),
-            decoder=self.decoder.new_state(words),
+            decoder=self.decoder.new_state(words, options.min_confidence),
             layer_spikes=np.zeros(len(self.network.config.hidden)),
         )
 

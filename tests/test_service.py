@@ -88,6 +88,19 @@ def test_stream_gives_partials_before_the_final(client):
     assert 0.35 <= final["confidence"] <= 1.0
 
 
+def test_min_confidence_trades_words_for_unknown_per_stream(client):
+    audio = sentence("yes", "no")
+    confidence = finals(stream(client, audio))[0]["confidence"]
+    assert 0.35 <= confidence < 1.0
+    # Above the word's confidence the same speech is reported as unknown, on that
+    # stream alone; at 0 every word stands.
+    strict = {"min_confidence": min(1.0, confidence + 0.01), "unknown": True}
+    assert words_of(stream(client, audio, strict)) == ["_unknown_", "_unknown_"]
+    assert words_of(stream(client, audio, {"min_confidence": 1.0})) == []
+    assert words_of(stream(client, audio, {"min_confidence": 0.0})) == [LEADER, LEADER]
+    assert words_of(stream(client, audio)) == [LEADER, LEADER]
+
+
 def test_partials_can_be_turned_off(client):
     messages = stream(client, sentence("yes"), {"partials": False})
     assert [m["type"] for m in messages] == ["final", "eof"]
@@ -171,6 +184,8 @@ def test_noise_gives_no_word_bundled_model(bundled_client):
         (json.dumps({"config": {"sample_rate": 1234}}), 1007, "unsupported sample rate"),
         (json.dumps({"config": {"format": "mp3"}}), 1007, "format"),
         (json.dumps({"config": {"vocabulary": ["banana"]}}), 1007, "not in the model"),
+        (json.dumps({"config": {"min_confidence": 1.5}}), 1007, "min_confidence"),
+        (json.dumps({"config": {"min_confidence": "high"}}), 1007, "min_confidence"),
         ("hello", 1007, "malformed JSON"),
         (json.dumps({"hello": 1}), 1003, "expected binary audio"),
     ],
@@ -282,6 +297,18 @@ def test_vosk_options(client):
     assert [r["text"] for r in restricted if r.get("text")] == ["no"]
 
 
+def test_vosk_min_confidence(client):
+    audio = sentence("yes")
+    texts = [r["text"] for r in vosk_session(client, audio, {"min_confidence": 1.0}) if "text" in r]
+    assert texts and not any(texts)  # replies, but no word passes
+    assert [r["text"] for r in vosk_session(client, audio, {}) if r.get("text")] == [LEADER]
+    with client.websocket_connect("/vosk") as ws:
+        ws.send_text(json.dumps({"config": {"min_confidence": -0.5}}))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1007 and "min_confidence" in closed.value.reason
+
+
 def test_vosk_reset_keeps_the_stream_open(client):
     audio = sentence("no")
     with client.websocket_connect("/vosk") as ws:
@@ -333,6 +360,21 @@ def test_bad_uploads(client, payload, status, message):
     response = client.post("/v1/transcribe", files={"file": ("x.wav", payload)})
     assert response.status_code == status
     assert message in response.json()["error"]
+
+
+def test_transcribe_min_confidence(client, tmp_path):
+    path = tmp_path / "two.flac"
+    sf.write(path, sentence("yes", "no"), 16000)
+
+    def post(query: str):
+        with open(path, "rb") as f:
+            return client.post(f"/v1/transcribe{query}", files={"file": ("two.flac", f)})
+
+    assert [w["word"] for w in post("?min_confidence=0").json()["words"]] == [LEADER, LEADER]
+    assert post("?min_confidence=1").json()["words"] == []
+    for bad in ("?min_confidence=1.5", "?min_confidence=-1", "?min_confidence=high"):
+        response = post(bad)
+        assert response.status_code == 422 and "min_confidence" in response.json()["error"]
 
 
 def test_missing_upload_field(client):

@@ -6,7 +6,7 @@ import asyncio
 import tempfile
 import time
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from app.schemas import ErrorBody, Transcription
@@ -26,9 +26,23 @@ def _error(status: int, message: str, request: Request, kind: str) -> JSONRespon
 @router.post(
     "/v1/transcribe",
     response_model=Transcription,
-    responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
+    responses={
+        400: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+    },
 )
-async def transcribe(request: Request, file: UploadFile = File(...)) -> JSONResponse:
+async def transcribe(
+    request: Request,
+    file: UploadFile = File(...),
+    min_confidence: float | None = Query(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="a final less confident than this is reported as unknown (default 0.35)",
+    ),
+) -> JSONResponse:
     """Upload wav, flac or ogg (mp3 where libsndfile decodes it) as the multipart field ``file``."""
     services = request.app.state.services
     limit = services.settings.max_upload_bytes
@@ -53,7 +67,10 @@ async def transcribe(request: Request, file: UploadFile = File(...)) -> JSONResp
         recognizer = services.scheduler.recognizer
         try:
             transcript = await asyncio.to_thread(
-                recognizer.transcribe, blocks, sample_rate, StreamOptions(sample_rate=sample_rate)
+                recognizer.transcribe,
+                blocks,
+                sample_rate,
+                StreamOptions(sample_rate=sample_rate, min_confidence=min_confidence),
             )
         except AudioError as error:
             message = str(error).replace(spool.name, file.filename or "upload")

@@ -52,6 +52,7 @@ def stream_options(
             input=config.input,
             vocabulary=tuple(config.vocabulary) if config.vocabulary is not None else None,
             emit_unknown=config.unknown,
+            min_confidence=config.min_confidence,
             activity=config.activity,
         )
     except AudioError as error:

@@ -58,8 +58,14 @@ class VoskSession:
         try:
             config = VoskConfig.model_validate({**self.config.model_dump(), **values})
             check_sample_rate(round(config.sample_rate))
-        except (ValidationError, AudioError) as error:
-            raise ProtocolError(CLOSE_INVALID, f"bad config: {error}".splitlines()[0]) from None
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "config"
+            raise ProtocolError(
+                CLOSE_INVALID, f"bad config value for '{where}': {first['msg']}"
+            ) from None
+        except AudioError as error:
+            raise ProtocolError(CLOSE_INVALID, f"bad config: {error}") from None
         self.config = config
 
     def _ensure(self) -> Session:
@@ -71,7 +77,10 @@ class VoskSession:
                 words = tuple(w for w in vocabulary if w in phrases)
             self.session = self.services.scheduler.open(
                 StreamOptions(
-                    sample_rate=round(self.config.sample_rate), vocabulary=words, activity=False
+                    sample_rate=round(self.config.sample_rate),
+                    vocabulary=words,
+                    min_confidence=self.config.min_confidence,
+                    activity=False,
                 )
             )
         return self.session
