@@ -158,7 +158,7 @@ class SpikeActivity:
         for t, value in enumerate(activity):
             b = self.endpointer.step(state, value, last=t == len(activity) - 1)
             if b.closed and b.last_active_bin - b.start_bin + 1 >= self.min_word_bins:
-                out.append((b.start_bin * self.bin_s, (b.last_active_bin + 1) * self.bin_s))
+                out.append((b.start_bin * self.bin_s, (b.end_bin + 1) * self.bin_s))
         return out
 
 

@@ -36,6 +36,7 @@ class DecoderConfig:
     floor_rise_per_s: float = 0.5  # the floor rises slowly; it falls at once to quieter levels
     onset_s: float = 0.03  # continuous activity that opens a word
     hangover_s: float = 0.25  # quiet time that closes it
+    resume_s: float = 0.05  # activity that ends the quiet inside a word must last this long
     min_word_s: float = 0.08
     max_word_s: float = 1.5
     rest_after_s: float = 1.0  # without a word for this long, the network goes back to rest
@@ -65,7 +66,8 @@ class Boundary(NamedTuple):
     rest: bool  # the network goes back to rest after this bin (a word ended, or a long pause)
     bin: int  # this bin's index in the stream
     start_bin: int  # the current (or just closed) word's first bin
-    last_active_bin: int  # ... and its last active bin so far
+    last_active_bin: int  # ... its last bin with speech activity so far
+    end_bin: int  # ... and its last bin held by speech activity (its end, once closed)
 
 
 @dataclass
@@ -73,12 +75,13 @@ class EndpointerState:
     floor: float = -1.0  # set by the first bin
     provisional_level: float = 0.0  # > 0 while the word opened by a loud first bin is unconfirmed
     bin_index: int = 0
-    run: int = 0  # consecutive active bins
+    run: int = 0  # consecutive active bins (before a word opens, and inside it)
     quiet: int = 0  # quiet bins since the word's last active bin
     idle: int = 0  # bins since the last word ended or the network last rested
     in_word: bool = False
     start_bin: int = 0
     last_active_bin: int = 0
+    end_bin: int = 0
 
 
 class Endpointer:
@@ -90,6 +93,7 @@ class Endpointer:
         self.floor_rise = min(1.0, config.floor_rise_per_s * bin_s)
         self.onset_bins = config.bins(config.onset_s, bin_s)
         self.hangover_bins = config.bins(config.hangover_s, bin_s)
+        self.resume_bins = config.bins(config.resume_s, bin_s)
         self.soft_onset_bins = config.bins(config.soft_onset_s, bin_s)
         self.max_word_bins = config.bins(config.max_word_s, bin_s)
         self.rest_after_bins = config.bins(config.rest_after_s, bin_s)
@@ -136,13 +140,23 @@ class Endpointer:
         if opened:
             active = state.in_word = True
             state.start_bin = start
-            state.last_active_bin = state.bin_index
+            state.last_active_bin = state.end_bin = state.bin_index
             state.quiet = 0
         elif not state.in_word:
             active = False
         else:
+            state.run = state.run + 1 if active else 0
             if active:
                 state.last_active_bin = state.bin_index
+            # Once a word has gone quiet, single bins of background noise above the
+            # threshold must not hold it open (with steady noise 20-25 dB below the
+            # speech they would, and the next word would be merged into it): only
+            # sustained activity ends the quiet.  A provisional word (a loud start)
+            # is held by any activity near its level, as before.
+            if active and (
+                state.quiet == 0 or state.run >= self.resume_bins or state.provisional_level
+            ):
+                state.end_bin = state.bin_index
                 state.quiet = 0
             else:
                 state.quiet += 1
@@ -161,7 +175,14 @@ class Endpointer:
         if rest:
             state.idle = 0
         boundary = Boundary(
-            opened, active, closed, rest, state.bin_index, state.start_bin, state.last_active_bin
+            opened,
+            active,
+            closed,
+            rest,
+            state.bin_index,
+            state.start_bin,
+            state.last_active_bin,
+            state.end_bin,
         )
         state.bin_index += 1
         return boundary
@@ -302,7 +323,7 @@ class Decoder:
                 confidence,
                 (boundary.bin + 1) * self.bin_s,
                 boundary.start_bin * self.bin_s,
-                (boundary.last_active_bin + 1) * self.bin_s,
+                (boundary.end_bin + 1) * self.bin_s,
                 alternatives,
             )
         ]

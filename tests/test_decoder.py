@@ -74,6 +74,17 @@ def test_loud_noise_from_the_start_is_background_not_a_word(decoder):
     assert finals[0].start == pytest.approx(1.0, abs=0.011)
 
 
+def test_noise_blips_in_a_pause_do_not_merge_two_words(decoder):
+    # Background noise crossing the threshold in single bins between two words: only
+    # sustained activity resumes a word that has gone quiet, so the pause is seen.
+    blips = [(onehot(SILENCE), 100.0 if k % 4 == 0 else 20.0) for k in range(40)]
+    bins = [(onehot(SILENCE), 20.0)] * 50 + [(onehot(YES), 400.0)] * 40 + blips
+    bins += [(onehot(NO), 400.0)] * 40 + [(onehot(SILENCE), 20.0)] * 60
+    finals = [e for e in decode(decoder, bins) if e.kind == "final"]
+    assert [e.word for e in finals] == ["yes", "no"]
+    assert finals[0].end == pytest.approx(0.9, abs=0.011)  # the blips do not extend it much
+
+
 def test_restricted_vocabulary(decoder):
     strong_yes_then_no = np.full(len(VOCAB), 1e-3)
     strong_yes_then_no[[YES, NO]] = 0.7, 0.25
