@@ -32,7 +32,7 @@ class DecoderConfig:
 
     min_activity_rate: float = 6000.0  # speech activity (spikes/s) that can count as speech
     floor_ratio: float = 1.6  # ... and must exceed the background floor this many times
-    soft_onset_s: float = 0.1  # a loud start that rises this soon was the word's own beginning
+    soft_onset_s: float = 0.25  # a loud start that rises this soon was the word's own beginning
     floor_rise_per_s: float = 0.5  # the floor rises slowly; it falls at once to quieter levels
     onset_s: float = 0.03  # continuous activity that opens a word
     hangover_s: float = 0.25  # quiet time that closes it
@@ -303,7 +303,7 @@ class Decoder:
 
     def _final(self, state: DecoderState, boundary: Boundary) -> list[WordEvent]:
         """The word that closes with this bin."""
-        if boundary.last_active_bin - boundary.start_bin + 1 < self.min_word_bins:
+        if boundary.end_bin - boundary.start_bin + 1 < self.min_word_bins:
             return []
         scores = self._speech_scores(state)
         if scores is None:
