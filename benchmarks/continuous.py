@@ -78,7 +78,7 @@ import torch
 from audio_frontend.audio_io import AudioError, load_audio
 from benchmarks.word_accuracy import outcome, recognize
 from models.decoding import DecoderConfig, WordEvent
-from models.model_file import ModelBundle, load_model
+from models.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model
 from models.recognizer import Recognizer
 from models.vocabulary import SILENCE, UNKNOWN, is_word
 from training.data import Clip, validation_clips
@@ -1104,6 +1104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pocketsphinx", action="store_true")
     parser.add_argument("--no-service", action="store_true", help="skip the WebSocket check")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="store the figures in the model file and rewrite its card (models/MODEL_CARD.md "
+        "for the bundled model)",
+    )
     args = parser.parse_args(argv)
     if args.sequences < 1 or args.oov_passes < 1 or args.noise_minutes <= 0:
         parser.error("--sequences, --oov-passes and --noise-minutes must be positive")
@@ -1115,7 +1121,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.png:
         plot(report, Path(args.png))
     show(report)
+    if args.write_card:
+        write_card(args, report)
     return 0
+
+
+def write_card(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """The card's connected-words section: the figures and the command behind them."""
+    from training.evaluate import card_markdown
+
+    path = Path(args.model) if args.model else DEFAULT_MODEL_PATH
+    bundle = load_model(path)
+    command = "python -m benchmarks.continuous " + " ".join(f"--data {d}" for d in args.data)
+    if args.model:
+        command += f" --model {args.model}"
+    bundle.card["continuous"] = {
+        "command": command,
+        **{k: report[k] for k in ("conditions", "oov", "noise_alone", "streaming_equals_batch")},
+    }
+    bundle.save(path)
+    card = path.with_name("MODEL_CARD.md" if args.model is None else path.stem + ".card.md")
+    card.write_text(card_markdown(bundle))
+    print(f"connected-word figures written to {path} and {card}")
 
 
 if __name__ == "__main__":

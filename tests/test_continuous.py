@@ -221,3 +221,37 @@ def test_scoring_a_stream_counts_times_and_settle_share():
     assert summary["counts"] == {"ok": 1, "sub": 1, "del": 0, "ins": 0}
     assert summary["start_error_ms_median"] == pytest.approx(20.0)
     assert summary["settle_share_median"] == pytest.approx((0.7 - 0.5) / 0.4)
+
+
+def test_the_model_card_shows_the_connected_word_figures(controlled_model):
+    from training.evaluate import card_markdown
+
+    condition = {
+        "wer": 0.25,
+        "deletions_plus_insertions": 0.125,
+        "clip_error": 0.1,
+        "settle_share_median": 0.4,
+        "settle_words": 3,
+    }
+    controlled_model.card["continuous"] = {
+        "command": "python -m benchmarks.continuous --data D",
+        "conditions": {f"one speaker | 0.3-0.8 s | {snr} dB": condition for snr in (30, 10)},
+        "oov": {
+            "condition": "0.3-0.8 s pauses, 20 dB SNR",
+            "vocabulary_words_emitted": 2,
+            "oov_words": 16,
+            "per_oov_word": 0.125,
+            "oov_clips": 16,
+            "oov_speakers": 10,
+        },
+        "noise_alone": {"as recorded": {"per_hour": 0.0}},
+        "streaming_equals_batch": {"equal": True, "streams": 5, "finals": 9, "condition": "c"},
+    }
+    try:
+        card = card_markdown(controlled_model)
+    finally:
+        del controlled_model.card["continuous"]
+    assert "## Connected words" in card and "python -m benchmarks.continuous --data D" in card
+    assert "| one speaker | 0.3-0.8 s | 25.0 (12.5) | 25.0 (12.5) | 10.0 |" in card
+    assert "2 vocabulary words for 16 spoken (12.5%" in card
+    assert "equals batch: yes (5 streams, 9 finals, c)" in card

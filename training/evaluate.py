@@ -439,7 +439,60 @@ def card_markdown(bundle: ModelBundle) -> str:
         ]
     if native and card.get("baselines"):
         lines += side_by_side(bundle, card["baselines"])
+    if card.get("continuous"):
+        lines += connected_words(card["continuous"])
     return "\n".join(lines) + "\n"
+
+
+def connected_words(figures: dict) -> list[str]:
+    """The card's section on connected speech, from ``benchmarks/continuous.py``'s
+    figures (stored in the model file by its ``--write-card``)."""
+    conditions = figures["conditions"]
+    snrs = sorted({name.split(" | ")[2] for name in conditions}, key=lambda s: -float(s.split()[0]))
+    lines = [
+        "",
+        "## Connected words",
+        "",
+        f"Command: `{figures['command']}`. Streams of 2-6 in-vocabulary words of the held-out "
+        "speakers (one speaker per stream, and mixed), levels varying by 10 dB, background "
+        "noise; word error rate (deletions + insertions) of the finals, in % of the words "
+        "spoken, against the error rate of the same clips alone.",
+        "",
+        "| speakers | pause | " + " | ".join(snrs) + " | clips alone |",
+        "|---|---|" + "---|" * (len(snrs) + 1),
+    ]
+    rows: dict[tuple[str, str], dict[str, dict]] = {}
+    for name, c in conditions.items():
+        variant, pause, snr = name.split(" | ")
+        rows.setdefault((variant, pause), {})[snr] = c
+    for (variant, pause), by_snr in rows.items():
+        cells = [
+            f"{100 * by_snr[s]['wer']:.1f} ({100 * by_snr[s]['deletions_plus_insertions']:.1f})"
+            for s in snrs
+        ]
+        clip = 100 * next(iter(by_snr.values()))["clip_error"]
+        lines.append(f"| {variant} | {pause} | " + " | ".join(cells) + f" | {clip:.1f} |")
+    oov, noise = figures["oov"], figures["noise_alone"]
+    settle = [c["settle_share_median"] for c in conditions.values() if c.get("settle_words")]
+    lines += [
+        "",
+        f"- Out-of-vocabulary words ({oov['condition']}): {oov['vocabulary_words_emitted']} "
+        f"vocabulary words for {oov['oov_words']} spoken ({100 * oov['per_oov_word']:.1f}%; "
+        f"{oov['oov_clips']} clips of {oov['oov_speakers']} speakers).",
+        "- Background noise alone: "
+        + "; ".join(f"{k}: {v['per_hour']:g} false accepts per hour" for k, v in noise.items())
+        + ".",
+        f"- Partials settle on the final word at a median {min(settle):.2f}-{max(settle):.2f} "
+        "of its speech span (per condition).",
+    ]
+    service = figures["streaming_equals_batch"]
+    if "equal" in service:
+        lines.append(
+            f"- Streaming (`/v1/stream`, 20 ms chunks) equals batch: "
+            f"{'yes' if service['equal'] else 'no'} ({service['streams']} streams, "
+            f"{service['finals']} finals, {service['condition']})."
+        )
+    return lines
 
 
 def _operations(kind: str, per_clip: dict) -> str:
