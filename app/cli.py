@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -86,37 +88,59 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import shutil
     import tempfile
 
-    import uvicorn
-
     from app.metrics import MULTIPROCESS_DIR
     from app.server import create_app
     from app.settings import Settings
+    from app.shutdown import run_server
 
+    tls = tls_options(args)
     settings = Settings(
         model_path=args.model,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         torch_threads=torch.get_num_threads(),
+        api_keys=api_keys(args.api_key, os.environ.get(API_KEYS_VARIABLE, "")),
+        allow_origins=tuple(args.allow_origin or ()),
+        max_streams=args.max_streams,
+        idle_timeout_s=args.idle_timeout_s,
+        max_stream_s=args.max_stream_s,
+        max_audio_s=args.max_audio_s,
+        max_batch_jobs=args.max_batch_jobs,
+        shutdown_grace_s=args.shutdown_grace_s,
     )
+    if settings.api_keys:
+        print(f"spikeear: every client needs one of {len(settings.api_keys)} API keys")
+    else:
+        print(
+            "spikeear: no API key set: anyone who can reach this port may use the server "
+            f"(--api-key or {API_KEYS_VARIABLE})"
+        )
     app = create_app(settings)  # also checks the model before any worker starts
     options = {
-        "ws_max_size": settings.max_message_bytes,
+        "ws_max_size": settings.transport_max_message_bytes,
         # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
         "ws_per_message_deflate": False,
         "log_level": args.log_level,
+        **tls,
     }
+    scheme = "https" if tls else "http"
     if args.workers == 1:
-        print(f"spikeear: serving on {_server_url(args.host, args.port)} {SERVE_HINT}")
-        uvicorn.run(app, host=args.host, port=args.port, **options)
+        print(f"spikeear: serving on {_server_url(args.host, args.port, scheme)} {SERVE_HINT}")
+        if not run_server(app, host=args.host, port=args.port, **options):
+            raise CliError("the server could not start (see the log above)")
         return
     from app.workers import listening_sockets, serve_workers
 
     # Streams are spread over processes by the kernel; each has its own scheduler.
-    settings.to_environment()
     sockets = listening_sockets(args.host, args.port, args.workers)
     port = sockets[0].getsockname()[1]
     print(
-        f"spikeear: serving on {_server_url(args.host, port)} {SERVE_HINT}, {args.workers} workers"
+        f"spikeear: serving on {_server_url(args.host, port, scheme)} {SERVE_HINT}, "
+        f"{args.workers} workers"
     )
+    # The workers count open streams and running uploads together here (--max-streams
+    # and --max-batch-jobs are limits of the server, not of each process).
+    shared_dir = tempfile.mkdtemp(prefix="spikeear-shared-")
+    dataclasses.replace(settings, shared_dir=shared_dir).to_environment()
     metrics_dir = None
     if not os.environ.get(MULTIPROCESS_DIR):
         # Every worker writes its metrics here and /metrics sums them (set before
@@ -124,9 +148,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         metrics_dir = tempfile.mkdtemp(prefix="spikeear-metrics-")
         os.environ[MULTIPROCESS_DIR] = metrics_dir
     try:
-        if not serve_workers(sockets, options):
+        if not serve_workers(sockets, options, settings.shutdown_grace_s):
             raise CliError("a worker could not start (see the log above)")
     finally:
+        shutil.rmtree(shared_dir, ignore_errors=True)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -148,8 +173,58 @@ def _worker_count(value: str) -> int:
     return count
 
 
-def _server_url(host: str, port: int) -> str:
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+def _server_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+API_KEYS_VARIABLE = "SPIKEEAR_API_KEYS"
+
+
+def api_keys(flags: list[str] | None, variable: str) -> tuple[str, ...]:
+    """``--api-key`` (repeated) and the comma-separated ``SPIKEEAR_API_KEYS``, together."""
+    keys = [*(flags or ()), *(key.strip() for key in variable.split(",") if key.strip())]
+    for key in keys:
+        # A key travels in a header or a query string: visible ASCII only.
+        if not key or not all("!" <= c <= "~" for c in key):
+            raise CliError("an API key must be printable ASCII without spaces")
+    return tuple(dict.fromkeys(keys))
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, str]:
+    """uvicorn's TLS options, checked here: a bad file in a worker would only log there."""
+    import ssl
+
+    if not (args.ssl_certfile or args.ssl_keyfile):
+        return {}
+    if not (args.ssl_certfile and args.ssl_keyfile):
+        raise CliError("--ssl-certfile and --ssl-keyfile go together")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+    except (OSError, ssl.SSLError) as error:
+        raise CliError(f"cannot use the TLS certificate and key: {error}") from None
+    return {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+
+
+def _count(value: str) -> int:
+    """A limit's count: 0 turns the limit off."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {value!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError("0 (no limit) or more")
+    return count
+
+
+def _seconds(value: str) -> float:
+    """A limit in seconds: 0 turns the limit off."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError("0 (no limit) or more seconds")
+    return seconds
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -215,6 +290,62 @@ def _training_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     add_command_arguments(name, parser)
 
 
+def add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """``serve``'s access, limit and TLS flags (README: "Running it on a network")."""
+    from app.settings import Settings
+
+    defaults = Settings()
+    g = p.add_argument_group("network access (0 turns a limit off)")
+    g.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="a key clients must give (repeatable; also SPIKEEAR_API_KEYS, comma-separated); "
+        "none: no access control",
+    )
+    g.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="another origin whose pages may use the API, e.g. https://app.example.com "
+        "(repeatable; * for any)",
+    )
+    g.add_argument(
+        "--max-streams",
+        type=_count,
+        default=defaults.max_streams,
+        help="open streams, all workers together; the next is closed with 1013 "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--idle-timeout-s",
+        type=_seconds,
+        default=defaults.idle_timeout_s,
+        help="close a stream that sends nothing this long (default %(default)g)",
+    )
+    g.add_argument(
+        "--max-stream-s",
+        type=_seconds,
+        default=defaults.max_stream_s,
+        help="audio seconds in one stream (default %(default)g)",
+    )
+    g.add_argument(
+        "--max-audio-s",
+        type=_seconds,
+        default=defaults.max_audio_s,
+        help="audio seconds in one upload (default %(default)g)",
+    )
+    g.add_argument(
+        "--max-batch-jobs",
+        type=_count,
+        default=defaults.max_batch_jobs,
+        help="uploads transcribed at a time, all workers together; more get 503 "
+        "(default %(default)s)",
+    )
+    g.add_argument("--ssl-certfile", metavar="PEM", help="serve https/wss with this certificate")
+    g.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; the arguments of a training command are filled in only
     when ``command`` names it (the one about to run), which needs the training code."""
@@ -258,6 +389,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         f"(default): one per CPU core, at most {MAX_AUTO_WORKERS} (~0.6 GB each)",
     )
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--shutdown-grace-s",
+        type=_seconds,
+        default=10.0,
+        help="on SIGTERM/SIGINT, time open streams get to send the final of the word in "
+        "progress before they close with 1012 (default: 10)",
+    )
+    add_network_arguments(p)
 
     p = add("transcribe", cmd_transcribe, "Transcribe audio files (or SHD spike files).")
     p.add_argument("files", nargs="+", metavar="FILE")

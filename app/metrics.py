@@ -13,6 +13,14 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+LIMITS = (
+    "max_streams",
+    "idle_timeout_s",
+    "max_stream_s",
+    "max_audio_s",
+    "max_batch_jobs",
+    "max_upload_bytes",
+)
 
 
 class Metrics:
@@ -68,6 +76,17 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+
+        # One label per limit flag (its settings name), each listed from the start so a
+        # dashboard sees 0 rather than no series until the first hit.
+        self.limit_hits = Counter(
+            "spikeear_limit_hits",
+            "Streams and requests refused or ended by a configured limit",
+            ["limit"],
+            registry=self.registry,
+        )
+        for limit in LIMITS:
+            self.limit_hits.labels(limit)
 
     def observe_batch(self, stage: str, seconds: float, streams: int) -> None:
         self.batch_seconds.labels(stage).observe(seconds)

@@ -91,7 +91,7 @@ class Session:
         self._audio_final = final
         self._audio_waiting += len(samples)
         self._samples_fed += len(samples)
-        self._arrivals.append((int(self._samples_fed / self._input_per_bin), arrival))
+        self._note_arrival(int(self._samples_fed / self._input_per_bin), arrival)
         self._idle.clear()
         self.scheduler.audio_waiting(self)
 
@@ -126,7 +126,7 @@ class Session:
                 await asyncio.to_thread(
                     self.scheduler.recognizer.feed_spikes, self.stream, events, final
                 )
-            self._arrivals.append((self.stream.bins_done + len(self.stream.ready), arrival))
+            self._note_arrival(self.stream.bins_done + len(self.stream.ready), arrival)
             if self.stream.ready:
                 self._idle.clear()
                 self.scheduler.wake()
@@ -135,12 +135,22 @@ class Session:
         """Wait until every bin fed so far has gone through the network."""
         await self._idle.wait()
 
+    def _note_arrival(self, bins: int, arrival: float) -> None:
+        """Remember when the input completing ``bins`` bins arrived.  A chunk that
+        completes no new bin adds no record: a bin's latency counts from the chunk
+        that completed it, and millions of tiny chunks must not grow the stream."""
+        if not self._arrivals or bins > self._arrivals[-1][0]:
+            self._arrivals.append((bins, arrival))
+
     def _deliver(self, events: list[WordEvent]) -> None:
         for event in events:
             if event.kind == "partial":  # decided at the end of bin round(time / bin_s)
                 bins = round(event.time / self.scheduler.recognizer.bin_s)
                 self.scheduler.observe_latency(self._arrival_of(bins))
             self.events.put_nowait(event)
+        # Later partials are for bins not yet done: records of done bins go now, not
+        # at the next partial (silence makes none, and its records would pile up).
+        self._arrival_of(self.stream.bins_done + 1)
         self._settle()
 
     def _settle(self) -> None:
@@ -237,6 +247,8 @@ class StreamScheduler:
             self._audio_waiting.clear()
             sessions = [s for s in self._audio_sessions if s.error is None]
             self._audio_sessions = {}
+            if not sessions:  # every waiting stream was closed meanwhile (client gone)
+                continue
             chunks = [session.take_audio() for session in sessions]
             started = time.perf_counter()
             try:

@@ -39,7 +39,7 @@ class VoskConfig(BaseModel):
     """The options of the Vosk server protocol that spikeear honours."""
 
     model_config = ConfigDict(extra="allow")
-    sample_rate: float = 16000
+    sample_rate: float = Field(16000, allow_inf_nan=False)  # NaN would reach round()
     words: bool = True
     max_alternatives: int = Field(0, ge=0, le=20)
     phrase_list: list[str] | None = None

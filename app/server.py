@@ -5,23 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
+from app.access import KEY_HEADERS, AccessControl
+from app.limits import SlotCounter
 from app.metrics import Metrics
 from app.routers import batch, ops, stream, vosk
 from app.routers.ops import STATIC
 from app.scheduler import StreamScheduler
 from app.schemas import websocket_components
 from app.settings import Settings
+from app.shutdown import OpenStreams
 from models.model_file import ModelBundle, load_model
 from models.recognizer import Recognizer
+
+DEFAULT_BATCH_THREADS = 4  # upload threads per process when --max-batch-jobs is 0 (no limit)
 
 
 @dataclass
@@ -30,6 +39,12 @@ class Services:
     bundle: ModelBundle
     scheduler: StreamScheduler
     metrics: Metrics
+    stream_slots: SlotCounter  # open streams (--max-streams)
+    batch_slots: SlotCounter  # running uploads (--max-batch-jobs)
+    # Uploads run in their own threads: in asyncio's default pool, shared with the
+    # streams' cochlea calls, 20 long uploads delayed a live stream's final by ~40 s.
+    batch_pool: ThreadPoolExecutor
+    streams: OpenStreams = field(default_factory=OpenStreams)  # what a shutdown must close
 
 
 def create_app(settings: Settings | None = None, bundle: ModelBundle | None = None) -> FastAPI:
@@ -41,7 +56,18 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         on_latency=metrics.partial_latency.observe,
         on_batch=metrics.observe_batch,
     )
-    services = Services(settings, bundle, scheduler, metrics)
+    shared = Path(settings.shared_dir) if settings.shared_dir else None
+    services = Services(
+        settings,
+        bundle,
+        scheduler,
+        metrics,
+        stream_slots=SlotCounter(settings.max_streams, shared and shared / "streams.json"),
+        batch_slots=SlotCounter(settings.max_batch_jobs, shared and shared / "uploads.json"),
+        batch_pool=ThreadPoolExecutor(
+            settings.max_batch_jobs or DEFAULT_BATCH_THREADS, thread_name_prefix="upload"
+        ),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -55,6 +81,7 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         scheduler.start()
         yield
         await scheduler.stop()
+        services.batch_pool.shutdown(wait=False, cancel_futures=True)
         metrics.process_exiting()
 
     app = FastAPI(
@@ -71,6 +98,23 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     for module in (ops, stream, vosk, batch):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(AccessControl, services=services)
+    if settings.allow_origins:  # added last: outermost, so preflights need no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", *KEY_HEADERS],
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        # Starlette's and FastAPI's own errors (404, 405, an unparsable multipart body)
+        # answer {"detail"}; this API answers every error as {"error"}.
+        metrics.errors.labels(f"http_{error.status_code}").inc()
+        return JSONResponse(
+            {"error": str(error.detail)}, status_code=error.status_code, headers=error.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -11,24 +11,23 @@ loading the model waits in that worker's backlog rather than piling onto the fir
 worker up.
 
 The parent only supervises: it restarts a worker that dies, stops when one cannot
-start at all, and on SIGINT/SIGTERM stops the workers (each finishes its open
-requests, as uvicorn does on shutdown).
+start at all, and on SIGINT/SIGTERM stops the workers (each gives its open streams
+the grace period for their last words, then finishes its open requests).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
 import threading
 from multiprocessing.process import BaseProcess
 
-import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-APP_FACTORY = "app.server:app_from_environment"
 STOP_TIMEOUT_S = 30.0
 logger = logging.getLogger("uvicorn.error")
 
@@ -55,15 +54,24 @@ def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> 
 
 def _run_worker(sock: socket.socket, options: dict) -> None:
     """One worker process: a uvicorn server on its own socket, the app from the environment."""
-    server = uvicorn.Server(uvicorn.Config(APP_FACTORY, factory=True, **options))
-    server.run(sockets=[sock])
-    if not server.started:
+    from app.server import app_from_environment
+    from app.shutdown import run_server
+
+    try:
+        app = app_from_environment()
+    except Exception:
+        logger.exception("worker [%s] could not load the app", os.getpid())
+        sys.exit(STARTUP_FAILURE)
+    if not run_server(app, sockets=[sock], **options):
         sys.exit(STARTUP_FAILURE)
 
 
-def serve_workers(sockets: list[socket.socket], options: dict) -> bool:
+def serve_workers(
+    sockets: list[socket.socket], options: dict, shutdown_grace_s: float = 0.0
+) -> bool:
     """Run one worker per socket until SIGINT/SIGTERM.  ``options`` are
-    :class:`uvicorn.Config` keywords.  False when a worker could not start."""
+    :class:`uvicorn.Config` keywords; a worker stopping gets ``shutdown_grace_s`` for its
+    open streams' last words, on top of the usual wait.  False when a worker could not start."""
     context = multiprocessing.get_context("spawn")  # no torch state forked into workers
 
     def start(sock: socket.socket) -> BaseProcess:
@@ -97,7 +105,7 @@ def serve_workers(sockets: list[socket.socket], options: dict) -> bool:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn's graceful shutdown
         for process in processes:
-            process.join(STOP_TIMEOUT_S)
+            process.join(STOP_TIMEOUT_S + shutdown_grace_s)
             if process.is_alive():
                 process.kill()
                 process.join()

@@ -129,7 +129,10 @@ def audio_blocks(path: str | Path, seconds: float = 10.0):
     def blocks():
         with handle:
             block = max(1, int(seconds * handle.samplerate))
-            for data in handle.blocks(blocksize=block, dtype="float32", always_2d=True):
-                yield check_audio(data, handle.samplerate, str(path))
+            try:
+                for data in handle.blocks(blocksize=block, dtype="float32", always_2d=True):
+                    yield check_audio(data, handle.samplerate, str(path))
+            except sf.LibsndfileError as error:  # a file that opens can still fail later
+                raise AudioError(f"{path}: damaged audio data ({error})") from None
 
     return handle.samplerate, handle.frames / handle.samplerate, blocks()

@@ -95,9 +95,26 @@ class SpikeBinner:
         self.next_bin = 0  # index of the first bin not yet emitted
         self._pending = np.zeros((0, n_channels), np.float32)  # bins next_bin, next_bin+1, ...
 
-    def add(self, events: SpikeEvents, complete_until_sample: int) -> np.ndarray:
-        """Count ``events`` and return the bins that end at or before the given sample."""
+    def add(
+        self, events: SpikeEvents, complete_until_sample: int, max_ahead_bins: int | None = None
+    ) -> np.ndarray:
+        """Count ``events`` and return the bins that end at or before the given sample.
+
+        With ``max_ahead_bins``, input reaching further than that many bins past the
+        first bin not yet emitted raises ValueError before anything is counted: every
+        bin up to it would be allocated (one event at 2**32 us is 430,000 bins).
+        """
         complete = complete_until_sample // self.bin_samples - self.next_bin
+        if max_ahead_bins is not None:
+            last = float(events.times.max()) if len(events) else 0.0
+            reach = max(complete_until_sample, round(last * self.sample_rate))
+            if reach // self.bin_samples - self.next_bin > max_ahead_bins:
+                bin_s = self.bin_samples / self.sample_rate
+                raise ValueError(
+                    f"spike time {reach / self.sample_rate:.3f} s jumps more than "
+                    f"{max_ahead_bins * bin_s:g} s past the stream's "
+                    f"{self.next_bin * bin_s:.3f} s"
+                )
         if len(events):
             if complete > len(self._pending):  # rows about to be taken anyway: one call
                 self._grow(complete)

@@ -42,6 +42,10 @@ from models.network import NetworkState, StatePool
 from models.vocabulary import SILENCE, UNKNOWN
 
 DRAIN_BINS = 3000  # transcription runs the network over about this many bins at once (60 s)
+# How far one chunk of live spike input may reach past the time the stream has binned:
+# every bin up to its last event is allocated and stepped, so a single record at
+# 2**32 us would cost 430,000 bins.  60 s is more than a 1 MiB message of audio holds.
+MAX_SPIKE_LOOKAHEAD_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,15 @@ class Recognizer:
             counted.append((stream, stream.binner.add(events, stream.cochlea.samples_done), final))
         self._queue(counted)
 
-    def feed_spikes(self, stream: Stream, events: SpikeEvents, final: bool = False) -> int:
-        """Spike events from an external cochlea; times must not go back."""
+    def feed_spikes(
+        self,
+        stream: Stream,
+        events: SpikeEvents,
+        final: bool = False,
+        max_ahead_s: float | None = MAX_SPIKE_LOOKAHEAD_S,
+    ) -> int:
+        """Spike events from an external cochlea; times must not go back, nor jump more
+        than ``max_ahead_s`` past the stream's binned time (ValueError, nothing fed)."""
         if stream.finished:
             raise ValueError("stream already finished")
         if events.n_channels != self.n_channels:
@@ -193,11 +204,13 @@ class Recognizer:
         events.validate()
         if len(events) and events.times[0] < stream.last_spike_time:
             raise ValueError("spike events are not in time order")
-        if len(events):
-            stream.last_spike_time = float(events.times[-1])
+        last_time = float(events.times[-1]) if len(events) else stream.last_spike_time
+        until = round(last_time * self.bundle.frontend.sample_rate)
+        max_ahead = None if max_ahead_s is None else round(max_ahead_s / self.bin_s)
+        bins = stream.binner.add(events, until, max_ahead)  # first: it may refuse the chunk
+        stream.last_spike_time = last_time
         stream.input_spikes += len(events)
-        until = round(stream.last_spike_time * self.bundle.frontend.sample_rate)
-        self._queue([(stream, stream.binner.add(events, until), final)])
+        self._queue([(stream, bins, final)])
         return len(stream.ready)
 
     def _queue(self, counted: list[tuple[Stream, np.ndarray, bool]]) -> None:
@@ -408,7 +421,8 @@ class Recognizer:
         self, events: SpikeEvents, options: StreamOptions | None = None
     ) -> Transcript:
         with self.opened(options or StreamOptions(input="spikes")) as stream:
-            self.feed_spikes(stream, events, final=True)
+            # A whole recording at once: its length is bounded by the caller (upload limits).
+            self.feed_spikes(stream, events, final=True, max_ahead_s=None)
             words = self.drain(stream)
         return Transcript(
             [w for w in words if w.kind == "final"],

@@ -12,9 +12,6 @@ import json
 import math
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +23,11 @@ from app.server import create_app
 from app.settings import Settings
 from models.model_file import DEFAULT_MODEL_PATH
 from tests.conftest import fixture_path
+from tests.servers import in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "demo.png"
 WAIT_MS = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def padded_fixture(tmp_path: Path, word: str = "yes") -> Path:
@@ -67,25 +59,11 @@ def model_path(tmp_path: Path) -> tuple[str | None, bool]:
 def server(tmp_path):
     model, trained = model_path(tmp_path)
     settings = Settings(model_path=model)
-    port = free_port()
     config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws_max_size=settings.max_message_bytes,
+        create_app(settings), log_level="warning", ws_max_size=settings.max_message_bytes
     )
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not instance.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", trained
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with in_thread(uvicorn.Server(config)) as port:
+        yield f"http://127.0.0.1:{port}", trained
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import contextlib
 import io
 import socket
 import sys
-import threading
 import time
 import types
 
@@ -23,6 +22,7 @@ from app.server import create_app
 from app.settings import Settings
 from models.model_file import DEFAULT_MODEL_PATH
 from tests.conftest import RANKING, fixture_path
+from tests.servers import in_thread
 
 LEADER = RANKING[0]  # the controlled model's word for anything it hears
 
@@ -175,28 +175,11 @@ def test_stream_url():
 
 @contextlib.contextmanager
 def running_server(model: str):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(Settings(model_path=model)),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
+        uvicorn.Config(create_app(Settings(model_path=model)), log_level="warning")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
+    with in_thread(server) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_server_mode_gives_the_same_words(model, speech_file, capsys):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import deque
+from collections.abc import Awaitable
+from typing import Any
 
 import numpy as np
-from fastapi import WebSocket
+from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from app.schemas import ErrorMessage, message_json
+from app.shutdown import ShuttingDown
 from audio_frontend.events import SpikeEvents
 
 CLOSE_NORMAL = 1000
@@ -17,6 +22,8 @@ CLOSE_INVALID = 1007  # malformed JSON, bad config, undecodable audio
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012  # the server is shutting down (after the stream's last words)
+SHUTDOWN_REASON = "server shutting down"
 SPIKE_RECORD = np.dtype([("time_us", "<u4"), ("channel", "<u2")])
 
 
@@ -32,6 +39,8 @@ def parse_json(text: str) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise ProtocolError(CLOSE_INVALID, f"malformed JSON: {error.msg}") from None
+    except RecursionError:  # the parser's own depth limit: the client's input, not our fault
+        raise ProtocolError(CLOSE_INVALID, "malformed JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError(CLOSE_INVALID, "control messages must be JSON objects")
     return value
@@ -64,5 +73,94 @@ async def close_with_error(
         await websocket.close(
             code=error.code, reason=error.reason.encode()[:123].decode(errors="ignore")
         )
-    except RuntimeError:
-        pass  # the client is already gone
+    except (RuntimeError, WebSocketDisconnect):
+        pass  # the client is already gone: nothing to tell it
+
+
+class Inbox:
+    """A WebSocket's incoming messages, read so that a stream waiting on its own work
+    (its backlog, its last words) still notices at once when the client leaves, and
+    so that a server shutdown (``closing`` set) interrupts any wait with
+    :class:`ShuttingDown`.
+
+    While waiting it reads ahead, up to ``read_ahead_bytes`` of messages, which
+    :meth:`receive` then returns in order: without reading, a disconnect stays queued
+    behind them and the stream's work went on for tens of seconds after its client left.
+    """
+
+    def __init__(self, websocket: WebSocket, closing: asyncio.Event, read_ahead_bytes: int) -> None:
+        self.websocket = websocket
+        self.closing = closing
+        self.read_ahead_bytes = read_ahead_bytes
+        self._early: deque[dict] = deque()
+        self._early_bytes = 0
+        self._next: asyncio.Task | None = None  # the receive in progress
+
+    async def receive(self) -> dict:
+        if self._early:
+            message = self._early.popleft()
+            self._early_bytes -= _size(message)
+            return message
+        next_message = self._reading()
+        await self._first_of({next_message}, shutdown=True)
+        self._next = None
+        return next_message.result()
+
+    async def wait(self, work: Awaitable[object], shutdown: bool = True) -> None:
+        """Wait for ``work``: WebSocketDisconnect as soon as the client leaves, and
+        (with ``shutdown``) ShuttingDown when the server stops; either cancels it."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                waits: set[asyncio.Future] = {task}
+                if self._early_bytes < self.read_ahead_bytes:
+                    waits.add(self._reading())
+                await self._first_of(waits, shutdown)
+                if self._next is not None and self._next.done():
+                    message, self._next = self._next.result(), None
+                    if message["type"] == "websocket.disconnect":
+                        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+                    self._early.append(message)
+                    self._early_bytes += _size(message)
+            task.result()
+        finally:
+            task.cancel()
+
+    def close(self) -> None:
+        """Stop reading (at the stream's end)."""
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+
+    def _reading(self) -> asyncio.Task:
+        if self._next is None:
+            self._next = asyncio.ensure_future(self.websocket.receive())
+        return self._next
+
+    async def _first_of(self, waits: set[asyncio.Future], shutdown: bool) -> None:
+        if shutdown and self.closing.is_set():
+            raise ShuttingDown
+        closing = asyncio.ensure_future(self.closing.wait()) if shutdown else None
+        try:
+            await asyncio.wait(
+                {*waits, closing} if closing else waits, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if closing is not None:
+                closing.cancel()
+        if shutdown and self.closing.is_set():
+            raise ShuttingDown
+
+
+def _size(message: dict) -> int:
+    return len(message.get("bytes") or b"") + len(message.get("text") or "")
+
+
+def check_stream_length(services: Any, seconds: float) -> None:
+    """Refuse more than ``--max-stream-s`` of audio in one stream (1008)."""
+    limit = services.settings.max_stream_s
+    if limit and seconds > limit:
+        services.metrics.limit_hits.labels("max_stream_s").inc()
+        raise ProtocolError(
+            CLOSE_POLICY, f"the stream is longer than the server's limit of {limit:g} s of audio"
+        )

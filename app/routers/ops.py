@@ -43,8 +43,13 @@ async def models(request: Request) -> dict:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format"}},
+)
 async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus metrics: streams, latency, errors, limit hits (all worker processes)."""
     metrics = request.app.state.services.metrics
     return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

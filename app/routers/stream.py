@@ -15,9 +15,14 @@ from app.routers.common import (
     CLOSE_INVALID,
     CLOSE_NORMAL,
     CLOSE_POLICY,
+    CLOSE_RESTART,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
+    SHUTDOWN_REASON,
+    SPIKE_RECORD,
+    Inbox,
     ProtocolError,
+    check_stream_length,
     close_with_error,
     decode_spike_records,
     parse_json,
@@ -25,6 +30,7 @@ from app.routers.common import (
 from app.scheduler import Session, SessionFailed
 from app.schemas import ActivityMessage, EofMessage, StreamConfig, message_json
 from app.service import word_message
+from app.shutdown import ShuttingDown
 from audio_frontend.audio_io import AudioError, check_sample_rate, decode_pcm, decode_s16le
 from models.recognizer import Stream, StreamActivity, StreamOptions
 
@@ -154,10 +160,13 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     sender: asyncio.Task | None = None
     pending_limit = int(settings.max_pending_seconds / recognizer.bin_s)
     audio_seconds = services.metrics.audio_seconds.labels("v1")  # looked up once, not per chunk
+    stream_s = 0.0  # audio seconds sent so far
     services.metrics.active_streams.labels("v1").inc()
+    closing = services.streams.register()
+    inbox = Inbox(websocket, closing, settings.max_message_bytes)
     try:
         while True:
-            message = await websocket.receive()
+            message = await inbox.receive()
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("text") is not None:
@@ -170,10 +179,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
                 if "eof" in control:
                     if session is None:
                         session, sender = _open(services, websocket, config)
-                    await _feed(session, config, b"", final=True)
-                    await session.processed()
-                    session.events.put_nowait(None)
-                    await sender
+                    await _finish(session, sender, config, inbox)
                     await websocket.send_json(message_json(EofMessage()))
                     await websocket.close(CLOSE_NORMAL)
                     return
@@ -186,11 +192,13 @@ async def stream_endpoint(websocket: WebSocket) -> None:
                     CLOSE_TOO_BIG,
                     f"message of {len(data)} bytes exceeds {settings.max_message_bytes}",
                 )
+            stream_s = chunk_end_s(config, data, stream_s)
+            check_stream_length(services, stream_s)
             if session is None:
                 session, sender = _open(services, websocket, config)
             # Backpressure: a client far ahead of the network waits here (bounded memory).
             while session.pending_bins > pending_limit:
-                await session.processed()
+                await inbox.wait(session.processed())  # notices the client leaving
             await _feed(session, config, data)
             audio_seconds.inc(
                 len(data) / (2 if config.format == "s16le" else 4) / config.sample_rate
@@ -202,10 +210,14 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         await close_with_error(websocket, error)
     except WebSocketDisconnect:
         services.metrics.errors.labels("ws_disconnect").inc()
+    except ShuttingDown:
+        await _end_for_shutdown(websocket, session, sender, config, inbox)
     except RuntimeError as error:  # the recognizer failed for this stream
         services.metrics.errors.labels("ws_internal").inc()
         await close_with_error(websocket, ProtocolError(CLOSE_INTERNAL, str(error)))
     finally:
+        services.streams.unregister(closing)
+        inbox.close()
         services.metrics.active_streams.labels("v1").dec()
         if session is not None:
             session.close()
@@ -213,6 +225,18 @@ async def stream_endpoint(websocket: WebSocket) -> None:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
+
+
+def chunk_end_s(config: StreamConfig, data: bytes, start_s: float) -> float:
+    """Where a stream's audio ends after a chunk, in seconds: spike records carry their
+    own times (a malformed chunk is left to the decoder to refuse)."""
+    if config.input == "audio":
+        return start_s + len(data) / (2 if config.format == "s16le" else 4) / config.sample_rate
+    whole = len(data) - len(data) % SPIKE_RECORD.itemsize
+    if not whole:
+        return start_s
+    times = np.frombuffer(data[:whole], SPIKE_RECORD)["time_us"]
+    return max(start_s, int(times.max()) / 1e6)
 
 
 def _open(services, websocket: WebSocket, config: StreamConfig) -> tuple[Session, asyncio.Task]:
@@ -223,6 +247,32 @@ def _open(services, websocket: WebSocket, config: StreamConfig) -> tuple[Session
     reporter = ActivityReporter(recognizer.bin_s) if config.activity else None
     sender = asyncio.create_task(send_events(websocket, session, config.partials, reporter))
     return session, sender
+
+
+async def _finish(
+    session: Session, sender: asyncio.Task, config: StreamConfig, inbox: Inbox
+) -> None:
+    """End the stream's input and send its last words: the eof path, and a shutdown's.
+    The waits notice a client that leaves meanwhile (its work then stops)."""
+    await _feed(session, config, b"", final=True)
+    await inbox.wait(session.processed(), shutdown=False)
+    session.events.put_nowait(None)
+    await inbox.wait(sender, shutdown=False)
+
+
+async def _end_for_shutdown(
+    websocket: WebSocket,
+    session: Session | None,
+    sender: asyncio.Task | None,
+    config: StreamConfig,
+    inbox: Inbox,
+) -> None:
+    """The server is stopping: the word in progress as a final, then 1012 and a reason."""
+    if session is not None and sender is not None and not session.stream.finished:
+        # A client gone meanwhile, or a failed stream, has no last words to hear.
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, ProtocolError):
+            await _finish(session, sender, config, inbox)
+    await close_with_error(websocket, ProtocolError(CLOSE_RESTART, SHUTDOWN_REASON))
 
 
 async def _feed(session: Session, config: StreamConfig, data: bytes, final: bool = False) -> None:

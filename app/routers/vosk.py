@@ -8,6 +8,7 @@ ends the session; ``{"reset" : 1}`` gets the final result and the stream goes on
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -17,9 +18,13 @@ from app.routers.common import (
     CLOSE_INTERNAL,
     CLOSE_INVALID,
     CLOSE_NORMAL,
+    CLOSE_RESTART,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
+    SHUTDOWN_REASON,
+    Inbox,
     ProtocolError,
+    check_stream_length,
     close_with_error,
     parse_json,
 )
@@ -35,6 +40,7 @@ from app.schemas import (
     VoskWord,
     message_json,
 )
+from app.shutdown import ShuttingDown
 from audio_frontend.audio_io import AudioError, check_sample_rate, decode_s16le
 from models.decoding import WordEvent
 from models.recognizer import StreamOptions
@@ -64,7 +70,7 @@ class VoskSession:
             raise ProtocolError(
                 CLOSE_INVALID, f"bad config value for '{where}': {first['msg']}"
             ) from None
-        except AudioError as error:
+        except (AudioError, OverflowError) as error:  # OverflowError: round() of a huge rate
             raise ProtocolError(CLOSE_INVALID, f"bad config: {error}") from None
         self.config = config
 
@@ -167,10 +173,13 @@ async def vosk_endpoint(websocket: WebSocket) -> None:
     services = websocket.app.state.services
     await websocket.accept()
     vosk = VoskSession(services)
+    stream_s = 0.0  # audio seconds sent so far, resets included
     services.metrics.active_streams.labels("vosk").inc()
+    closing = services.streams.register()
+    inbox = Inbox(websocket, closing, services.settings.max_message_bytes)
     try:
         while True:
-            message = await websocket.receive()
+            message = await inbox.receive()
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("text") is not None:
@@ -191,19 +200,27 @@ async def vosk_endpoint(websocket: WebSocket) -> None:
             data = message.get("bytes") or b""
             if len(data) > services.settings.max_message_bytes:
                 raise ProtocolError(CLOSE_TOO_BIG, f"message of {len(data)} bytes is too large")
-            services.metrics.audio_seconds.labels("vosk").inc(
-                len(data) / 2 / vosk.config.sample_rate
-            )
+            chunk_s = len(data) / 2 / vosk.config.sample_rate
+            stream_s += chunk_s
+            check_stream_length(services, stream_s)
+            services.metrics.audio_seconds.labels("vosk").inc(chunk_s)
             await websocket.send_text(vosk_json(await vosk.accept_waveform(data)))
     except ProtocolError as error:
         services.metrics.errors.labels(f"vosk_{error.code}").inc()
         await close_with_error(websocket, error, send_json=False)
     except WebSocketDisconnect:
         services.metrics.errors.labels("vosk_disconnect").inc()
+    except ShuttingDown:
+        if vosk.session is not None:  # the word in progress, as the final result
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, ValueError):
+                await websocket.send_text(vosk_json(await vosk.final_result()))
+        await close_with_error(websocket, ProtocolError(CLOSE_RESTART, SHUTDOWN_REASON), False)
     except RuntimeError as error:  # the recognizer failed for this stream
         services.metrics.errors.labels("vosk_internal").inc()
         await close_with_error(websocket, ProtocolError(CLOSE_INTERNAL, str(error)), False)
     finally:
+        services.streams.unregister(closing)
+        inbox.close()
         services.metrics.active_streams.labels("vosk").dec()
         if vosk.session is not None:
             vosk.session.close()

@@ -6,6 +6,10 @@
 // then binary Float32 frames, and {"eof": 1} when the microphone stops.  It receives
 // "partial", "final", "activity" (input spikes per channel, class probabilities), "error"
 // and "eof" messages.
+//
+// A server started with --api-key answers /v1/models with 401: the page then asks for a
+// key, keeps it for this tab (sessionStorage), sends it as X-API-Key and, since a
+// browser cannot set headers on a WebSocket, as ?api_key= on /v1/stream.
 "use strict";
 
 (() => {
@@ -17,6 +21,7 @@
   const MAX_RATE = 48000;
   const BACKGROUND = "#0b0e17";
   const LABELS = { _unknown_: "unknown", _silence_: "silence" };
+  const KEY_STORAGE = "spikeear-api-key";
 
   const ui = {
     body: document.body,
@@ -33,12 +38,17 @@
     modelName: $("model-name"),
     inputCanvas: $("input-raster"),
     outputCanvas: $("output-raster"),
+    keyForm: $("key-form"),
+    keyInput: $("api-key"),
+    keyError: $("key-error"),
   };
 
   const model = { vocabulary: [], channels: 64, binMs: 10, name: "" };
   let session = null; // the running microphone session
   let inputRaster = null;
   let outputRaster = null;
+  let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
+  let keyNeeded = false; // the server refused /v1/models without (this) key
 
   function setState(name, message) {
     ui.body.dataset.state = name;
@@ -225,7 +235,8 @@
   // ----- microphone session --------------------------------------------------------------
   function streamUrl() {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-    return `${scheme}://${window.location.host}/v1/stream`;
+    const query = apiKey ? `?api_key=${encodeURIComponent(apiKey)}` : "";
+    return `${scheme}://${window.location.host}/v1/stream${query}`;
   }
 
   function decimationFor(rate) {
@@ -263,6 +274,10 @@
   }
 
   async function start() {
+    if (keyNeeded) {
+      askForKey(ui.keyError.textContent);
+      return;
+    }
     if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       setState(
         "error",
@@ -435,9 +450,25 @@
   }
 
   // ----- start-up ---------------------------------------------------------------------------
+  function askForKey(problem) {
+    keyNeeded = true;
+    ui.keyForm.hidden = false;
+    ui.keyError.textContent = problem || "";
+    setState("idle", "Enter the server's API key to start.");
+    ui.keyInput.focus();
+  }
+
   async function loadModel() {
     try {
-      const response = await fetch("/v1/models");
+      const response = await fetch("/v1/models", {
+        headers: apiKey ? { "X-API-Key": apiKey } : {},
+      });
+      if (response.status === 401) {
+        askForKey(apiKey ? "That key was not accepted." : "");
+        return;
+      }
+      keyNeeded = false;
+      ui.keyForm.hidden = true;
       const info = (await response.json()).models[0];
       model.vocabulary = info.vocabulary;
       model.channels = info.input_channels;
@@ -460,6 +491,13 @@
     buildRasters();
   }
 
+  ui.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = ui.keyInput.value.trim();
+    sessionStorage.setItem(KEY_STORAGE, apiKey);
+    ui.keyError.textContent = "";
+    loadModel();
+  });
   ui.mic.addEventListener("click", () => {
     if (session) {
       stop();
