@@ -41,8 +41,6 @@ class DecoderConfig:
     max_word_s: float = 1.5
     rest_after_s: float = 1.0  # without a word for this long, the network goes back to rest
     min_confidence: float = 0.35  # below this a final is reported as unknown (per stream too)
-    switch_s: float = 0.1  # another word leading the bins this long after a dip starts a new word
-    switch_probability: float = 0.5  # ... each of its bins at least this probable
 
     def bins(self, seconds: float, bin_s: float) -> int:
         """A duration in whole bins (at least one)."""
@@ -198,14 +196,6 @@ class DecoderState:
     evidence_bins: int = 0
     in_word: bool = False
     leader: int = -1  # the class last streamed as a partial
-    start_bin: int = 0  # the word's first bin (a switch moves it past the endpointer's)
-    word_class: int = -1  # the first word to lead the word's bins for ``switch_s``
-    run_class: int = -1  # the word leading the latest bins (-1: none clearly), since when
-    run_bins: int = 0
-    run_start_bin: int = 0
-    run_base: np.ndarray | None = None  # the evidence and its bins before the run began
-    run_base_bins: int = 0
-    last_quiet_bin: int = -1  # the latest bin of the word without speech activity
     onset_history: list[np.ndarray] = field(default_factory=list)  # evidence of the last bins
 
 
@@ -219,7 +209,6 @@ class Decoder:
         self.config = config
         self.onset_bins = config.bins(config.onset_s, bin_s)
         self.min_word_bins = config.bins(config.min_word_s, bin_s)
-        self.switch_bins = config.bins(config.switch_s, bin_s)
         self.filler = np.array([w in (UNKNOWN, SILENCE) for w in vocabulary])
         self.unknown = vocabulary.index(UNKNOWN) if UNKNOWN in vocabulary else -1
         self.silence = np.array([w == SILENCE for w in vocabulary])
@@ -267,56 +256,12 @@ class Decoder:
                 state.evidence_bins = len(state.onset_history)
             state.leader = -1
             state.in_word = True
-            state.start_bin = boundary.start_bin
-            state.word_class = state.run_class = -1
-            state.run_bins = 0
-        elif state.in_word:
-            if not boundary.active:
-                state.last_quiet_bin = boundary.bin
-            events += self._switch(state, probabilities, evidence, boundary)
         if boundary.active:
             events += self._partial(state, boundary)
         if boundary.closed:
             events += self._final(state, boundary)
             state.in_word = False
             state.onset_history = []
-        return events
-
-    def _switch(
-        self,
-        state: DecoderState,
-        probabilities: np.ndarray,
-        evidence: np.ndarray,
-        boundary: Boundary,
-    ) -> list[WordEvent]:
-        """A second word inside the endpointer's word: the network's per-bin leader
-        switches to another word, clearly and for ``switch_s``, after a dip in the
-        input activity (no pause long enough for the endpointer).  The word so far is
-        decided on its evidence up to that run and the new one starts after the dip."""
-        top = int(probabilities.argmax())
-        clear = state.allowed[top] and not self.filler[top]
-        lead = top if clear and probabilities[top] >= self.config.switch_probability else -1
-        if lead != state.run_class:
-            state.run_class, state.run_bins, state.run_start_bin = lead, 0, boundary.bin
-            state.run_base = state.evidence - evidence
-            state.run_base_bins = state.evidence_bins - 1
-        state.run_bins += 1
-        if lead < 0 or state.run_bins < self.switch_bins:
-            return []
-        if state.word_class < 0:
-            state.word_class = lead
-            return []
-        dip = state.start_bin + self.min_word_bins <= state.last_quiet_bin < state.run_start_bin
-        if lead == state.word_class or not dip:
-            return []
-        total, total_bins = state.evidence, state.evidence_bins
-        state.evidence, state.evidence_bins = state.run_base, state.run_base_bins
-        events = self._final(state, boundary, end_bin=state.last_quiet_bin)
-        state.evidence = total - state.run_base
-        state.evidence_bins = total_bins - state.run_base_bins
-        state.start_bin = state.last_quiet_bin + 1
-        state.word_class = lead
-        state.leader = -1
         return events
 
     def _speech_scores(self, state: DecoderState) -> np.ndarray | None:
@@ -351,17 +296,14 @@ class Decoder:
                 self.vocabulary[leader],
                 float(scores[leader]),
                 now,
-                state.start_bin * self.bin_s,
+                boundary.start_bin * self.bin_s,
                 now,
             )
         ]
 
-    def _final(
-        self, state: DecoderState, boundary: Boundary, end_bin: int | None = None
-    ) -> list[WordEvent]:
-        """The word that closes with this bin (or, split off, with ``end_bin``)."""
-        end = boundary.end_bin if end_bin is None else end_bin
-        if end - state.start_bin + 1 < self.min_word_bins:
+    def _final(self, state: DecoderState, boundary: Boundary) -> list[WordEvent]:
+        """The word that closes with this bin."""
+        if boundary.end_bin - boundary.start_bin + 1 < self.min_word_bins:
             return []
         scores = self._speech_scores(state)
         if scores is None:
@@ -380,8 +322,8 @@ class Decoder:
                 self.vocabulary[best],
                 confidence,
                 (boundary.bin + 1) * self.bin_s,
-                state.start_bin * self.bin_s,
-                (end + 1) * self.bin_s,
+                boundary.start_bin * self.bin_s,
+                (boundary.end_bin + 1) * self.bin_s,
                 alternatives,
             )
         ]

@@ -85,23 +85,6 @@ def test_noise_blips_in_a_pause_do_not_merge_two_words(decoder):
     assert finals[0].end == pytest.approx(0.9, abs=0.011)  # the blips do not extend it much
 
 
-def test_a_second_word_after_a_short_dip_is_its_own_word(decoder):
-    # Touching words: 50 ms of quiet (far less than the hangover), and the network's
-    # leader switches from "yes" to "no" for good after it.
-    quiet = [(onehot(SILENCE), 10.0)]
-    bins = quiet * 30 + [(onehot(YES), 400.0)] * 40 + [(onehot(YES), 10.0)] * 5
-    bins += [(onehot(YES), 400.0)] * 5 + [(onehot(NO), 400.0)] * 35 + quiet * 60
-    finals = [e for e in decode(decoder, bins) if e.kind == "final"]
-    assert [e.word for e in finals] == ["yes", "no"]
-    assert finals[0].end == pytest.approx(0.75, abs=0.011)  # at the dip
-    assert finals[1].start == pytest.approx(0.75, abs=0.011)
-    # Without the dip, or with the other word leading only briefly, it stays one word.
-    no_dip = quiet * 30 + [(onehot(YES), 400.0)] * 50 + [(onehot(NO), 400.0)] * 35 + quiet * 60
-    assert len([e for e in decode(decoder, no_dip) if e.kind == "final"]) == 1
-    brief = bins[:80] + [(onehot(NO), 400.0)] * 5 + [(onehot(YES), 400.0)] * 30 + quiet * 60
-    assert [e.word for e in decode(decoder, brief) if e.kind == "final"] == ["yes"]
-
-
 def test_restricted_vocabulary(decoder):
     strong_yes_then_no = np.full(len(VOCAB), 1e-3)
     strong_yes_then_no[[YES, NO]] = 0.7, 0.25
