@@ -41,6 +41,8 @@ def parse_json(text: str) -> dict:
         raise ProtocolError(CLOSE_INVALID, f"malformed JSON: {error.msg}") from None
     except RecursionError:  # the parser's own depth limit: the client's input, not our fault
         raise ProtocolError(CLOSE_INVALID, "malformed JSON: nested too deeply") from None
+    except ValueError as error:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise ProtocolError(CLOSE_INVALID, f"malformed JSON: {error}".splitlines()[0]) from None
     if not isinstance(value, dict):
         raise ProtocolError(CLOSE_INVALID, "control messages must be JSON objects")
     return value
