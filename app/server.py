@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,17 @@ class Services:
     streams: OpenStreams = field(default_factory=OpenStreams)  # what a shutdown must close
 
 
+UPLOAD_NICENESS = 19  # the lowest priority: uploads run on what live streams leave
+
+
+def _yield_to_live_streams() -> None:
+    """Lower the calling upload thread's CPU priority (Linux schedules threads by their
+    own niceness): on a machine whose cores uploads would fill, live streams keep their
+    latency and uploads take longer, as a batch job should."""
+    with contextlib.suppress(AttributeError, OSError):  # no per-thread priority here
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
+
+
 def create_app(settings: Settings | None = None, bundle: ModelBundle | None = None) -> FastAPI:
     settings = settings or Settings()
     bundle = bundle or load_model(settings.model_path)
@@ -65,7 +78,9 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         stream_slots=SlotCounter(settings.max_streams, shared and shared / "streams.json"),
         batch_slots=SlotCounter(settings.max_batch_jobs, shared and shared / "uploads.json"),
         batch_pool=ThreadPoolExecutor(
-            settings.max_batch_jobs or DEFAULT_BATCH_THREADS, thread_name_prefix="upload"
+            settings.max_batch_jobs or DEFAULT_BATCH_THREADS,
+            thread_name_prefix="upload",
+            initializer=_yield_to_live_streams,
         ),
     )
 
