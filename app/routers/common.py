@@ -97,6 +97,9 @@ class Inbox:
         self._early: deque[dict] = deque()
         self._early_bytes = 0
         self._next: asyncio.Task | None = None  # the receive in progress
+        # One waiter for the shutdown for the stream's whole life, not one per message
+        # (a live stream receives 50 messages a second).
+        self._closing: asyncio.Task | None = None
 
     async def receive(self) -> dict:
         if self._early:
@@ -130,9 +133,10 @@ class Inbox:
 
     def close(self) -> None:
         """Stop reading (at the stream's end)."""
-        if self._next is not None:
-            self._next.cancel()
-            self._next = None
+        for task in (self._next, self._closing):
+            if task is not None:
+                task.cancel()
+        self._next = self._closing = None
 
     def _reading(self) -> asyncio.Task:
         if self._next is None:
@@ -142,14 +146,11 @@ class Inbox:
     async def _first_of(self, waits: set[asyncio.Future], shutdown: bool) -> None:
         if shutdown and self.closing.is_set():
             raise ShuttingDown
-        closing = asyncio.ensure_future(self.closing.wait()) if shutdown else None
-        try:
-            await asyncio.wait(
-                {*waits, closing} if closing else waits, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            if closing is not None:
-                closing.cancel()
+        if shutdown:
+            if self._closing is None:
+                self._closing = asyncio.ensure_future(self.closing.wait())
+            waits = {*waits, self._closing}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if shutdown and self.closing.is_set():
             raise ShuttingDown
 
