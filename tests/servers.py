@@ -46,6 +46,18 @@ def speak(ws, audio, chunk: int = 1600, timeout: float = 30.0) -> list[dict]:
     return messages
 
 
+def serve_config(app, settings, log_level: str = "warning") -> uvicorn.Config:
+    """``app`` with the transport options ``spikeear serve`` sets, its records going to
+    the root logger (where a test's handler or caplog sees them)."""
+    return uvicorn.Config(
+        app,
+        ws_max_size=settings.transport_max_message_bytes,
+        ws_per_message_deflate=False,
+        log_config=None,
+        log_level=log_level,
+    )
+
+
 @contextlib.contextmanager
 def in_thread(server: uvicorn.Server) -> Iterator[int]:
     """``server`` (its config without host and port) on a free loopback port, run in a

@@ -36,7 +36,6 @@ import numpy as np
 import pytest
 import schemathesis
 import soundfile as sf
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
@@ -50,7 +49,7 @@ from app.server import create_app
 from app.settings import Settings
 from app.shutdown import GracefulServer
 from tests.conftest import RANKING, TEST_SETTINGS, fixture_path
-from tests.servers import in_thread
+from tests.servers import in_thread, serve_config
 
 SEED = 28  # the number
 WS_SESSIONS = 600  # per path
@@ -112,13 +111,7 @@ def live(controlled_model) -> Iterator[Live]:
     options = Settings(**TEST_SETTINGS)
     app = create_app(options, controlled_model)
     services = app.state.services
-    config = uvicorn.Config(
-        app,
-        ws_max_size=options.transport_max_message_bytes,
-        ws_per_message_deflate=False,
-        log_config=None,  # records reach the root logger, and so LogRecords
-        log_level="warning",
-    )
+    config = serve_config(app, options)  # records reach the root logger, so LogRecords
     log = LogRecords()
     root = logging.getLogger()
     root.addHandler(log)

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -32,7 +31,7 @@ from app.shutdown import GracefulServer
 from audio_frontend.events import SpikeBinner, SpikeEvents
 from models.recognizer import MAX_SPIKE_LOOKAHEAD_S, Recognizer, StreamOptions
 from tests.conftest import RANKING, TEST_SETTINGS, fixture_path
-from tests.servers import ServerProcess, free_port, in_thread
+from tests.servers import ServerProcess, free_port, in_thread, serve_config
 
 LEADER = RANKING[0]
 WAIT_S = 5.0  # how long a test waits for the server to notice something
@@ -68,13 +67,7 @@ def live(controlled_model) -> Iterator[tuple[str, object]]:
     settings = Settings(**TEST_SETTINGS)
     app = create_app(settings, controlled_model)
     services = app.state.services
-    config = uvicorn.Config(
-        app,
-        ws_max_size=settings.transport_max_message_bytes,
-        ws_per_message_deflate=False,
-        log_config=None,  # records reach the root logger, so caplog sees uvicorn's errors
-        log_level="info",
-    )
+    config = serve_config(app, settings, "info")  # caplog sees uvicorn's errors
     server = GracefulServer(config, services.streams, grace_s=2.0)
     with in_thread(server) as port:
         yield f"ws://127.0.0.1:{port}", services
