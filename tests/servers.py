@@ -46,6 +46,27 @@ def speak(ws, audio, chunk: int = 1600, timeout: float = 30.0) -> list[dict]:
     return messages
 
 
+def bounded(seconds: float, body) -> None:
+    """Run ``body()`` with a hard deadline: a client library's wait without a timeout of
+    its own (a TLS handshake with a worker under load) fails the test, never hangs CI."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            body()
+            outcome.append(None)
+        except BaseException as error:  # handed to the test's thread below
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise AssertionError(f"did not finish within {seconds:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def serve_config(app, settings, log_level: str = "warning") -> uvicorn.Config:
     """``app`` with the transport options ``spikeear serve`` sets, its records going to
     the root logger (where a test's handler or caplog sees them)."""
