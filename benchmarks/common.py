@@ -340,18 +340,26 @@ class ServerProcess:
             start_new_session=True,
         )
         self.pid = self.process.pid
+        try:
+            self._wait_until_up(startup_timeout, workers)
+        except BaseException:  # also Ctrl-C: the server is in its own session, stop it here
+            self.stop()
+            raise
+
+    def _wait_until_up(self, startup_timeout: float, workers: str) -> None:
         deadline = time.monotonic() + startup_timeout
         while True:
             if self.process.poll() is not None:
-                raise SystemExit(f"server exited at startup; see {log_path}:\n{self.log_tail()}")
+                raise SystemExit(
+                    f"server exited at startup; see {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 http_get(f"{self.base}/health", timeout=2.0)
                 if workers != "1":  # the first worker answers; give the others time to start
                     time.sleep(4.0)
-                break
+                return
             except OSError:
                 if time.monotonic() > deadline:
-                    self.stop()
                     raise SystemExit(f"server not up after {startup_timeout:.0f} s") from None
                 time.sleep(0.2)
 
