@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from app.server import create_app
     from app.settings import Settings
     from app.shutdown import run_server
+    from app.transport import websocket_options
 
     tls = tls_options(args)
     settings = Settings(
@@ -116,9 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         )
     app = create_app(settings)  # also checks the model before any worker starts
     options = {
-        "ws_max_size": settings.transport_max_message_bytes,
-        # 20 ms of PCM barely compresses, and deflate costs both ends CPU per message.
-        "ws_per_message_deflate": False,
+        **websocket_options(settings),
         "log_level": args.log_level,
         **tls,
     }

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import psutil
 import uvicorn
 
+from app.transport import websocket_options
+
 STARTUP_S = 180.0  # loading torch and the model on a busy 2-core machine
 
 
@@ -72,8 +74,7 @@ def serve_config(app, settings, log_level: str = "warning") -> uvicorn.Config:
     the root logger (where a test's handler or caplog sees them)."""
     return uvicorn.Config(
         app,
-        ws_max_size=settings.transport_max_message_bytes,
-        ws_per_message_deflate=False,
+        **websocket_options(settings),
         log_config=None,
         log_level=log_level,
     )

@@ -487,20 +487,11 @@ def test_a_json_integer_of_more_than_4300_digits_closes_with_1007(live, path):
     assert not live.log.server_errors(logged)
 
 
-@pytest.mark.xfail(
-    strict=False,  # the outcome depends on timing inside uvicorn: it sometimes passes
-    reason="defect: a text frame of invalid UTF-8 is refused by uvicorn's websockets-sansio "
-    "transport, which logs ERROR 'Invalid UTF-8 sequence received from client.' with a "
-    "traceback and closes with 1007 without the error message; a second such frame while "
-    "closing raises InvalidState in uvicorn ('Fatal error on transport') and the client "
-    "gets no close frame (1006).  uvicorn's legacy websockets transport handles it, but "
-    "put 100 live streams' partial latency p95 at 8 s (benchmarks/load.py)",
-)
 @pytest.mark.parametrize("path", PATHS)
 def test_text_frames_of_invalid_utf8_close_with_1007_and_log_no_error(live, path):
     logged = len(live.log.records)
     invalid = [Move("not-utf8", b"\xff", as_text=True), Move("not-utf8", b"\xc3(", as_text=True)]
-    outcome = run_session(live, path, invalid, "close")
+    outcome = run_session(live, path, invalid, "eof")  # the client waits for the close
     assert live.settled()
     assert outcome.close_code == 1007 and not outcome.problems, outcome
     assert not live.log.server_errors(logged)

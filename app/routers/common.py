@@ -35,6 +35,11 @@ class ProtocolError(Exception):
 
 
 def parse_json(text: str) -> dict:
+    if not text.isascii():
+        try:
+            text.encode()  # a text frame's bytes that were not UTF-8 (app/transport.py)
+        except UnicodeEncodeError:
+            raise ProtocolError(CLOSE_INVALID, "text messages must be UTF-8") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
