@@ -26,7 +26,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.frames = []
         if self.close_sent:  # as uvicorn: past the app's close, messages are dropped
             return
-        self.queue.put_nowait({"type": "websocket.receive", "text": data.decode(errors=UNDECODABLE)})
+        text = data.decode(errors=UNDECODABLE)
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
         if not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
