@@ -93,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from app.settings import Settings
     from app.shutdown import run_server
     from app.transport import websocket_options
+    from models.custom_words import CustomWordError
 
     tls = tls_options(args)
     settings = Settings(
@@ -107,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_audio_s=args.max_audio_s,
         max_batch_jobs=args.max_batch_jobs,
         shutdown_grace_s=args.shutdown_grace_s,
+        words_path=args.words,
     )
     if settings.api_keys:
         print(f"spikeear: every client needs one of {len(settings.api_keys)} API keys")
@@ -115,7 +117,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "spikeear: no API key set: anyone who can reach this port may use the server "
             f"(--api-key or {API_KEYS_VARIABLE})"
         )
-    app = create_app(settings)  # also checks the model before any worker starts
+    try:
+        app = create_app(settings)  # also checks the model and words before any worker starts
+    except CustomWordError as error:
+        raise CliError(str(error)) from None
     options = {
         **websocket_options(settings),
         "log_level": args.log_level,
@@ -139,7 +144,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # The workers count open streams and running uploads together here (--max-streams
     # and --max-batch-jobs are limits of the server, not of each process).
     shared_dir = tempfile.mkdtemp(prefix="spikeear-shared-")
-    dataclasses.replace(settings, shared_dir=shared_dir).to_environment()
+    # Without --words the workers still share one set of custom words, for this run only.
+    words_path = settings.words_path or os.path.join(shared_dir, "words.json")
+    dataclasses.replace(settings, shared_dir=shared_dir, words_path=words_path).to_environment()
     metrics_dir = None
     if not os.environ.get(MULTIPROCESS_DIR):
         # Every worker writes its metrics here and /metrics sums them (set before
@@ -226,36 +233,65 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def cmd_transcribe(args: argparse.Namespace) -> None:
-    import json
+def cmd_enroll(args: argparse.Namespace) -> None:
     import time
 
-    from app.service import transcript_json
-    from audio_frontend.audio_io import audio_blocks
-    from audio_frontend.spike_files import read_spike_file
+    from app.words import Recording, WordSet, synthesized
+    from audio_frontend.audio_io import load_audio
+    from models.custom_words import CustomWordError
     from models.model_file import load_model
-    from models.recognizer import Recognizer, StreamOptions
+    from models.recognizer import Recognizer
+
+    if not args.files and not args.synthesize:
+        raise CliError("give recordings of the word, or --synthesize (or both)")
+    started = time.perf_counter()
+    try:
+        words = WordSet(Recognizer(load_model(args.model)), args.words)
+        word = words.new_word(args.word)
+        recordings = []
+        for path in args.files:
+            audio, sample_rate = load_audio(path)
+            recordings.append(Recording(Path(path).name, audio, sample_rate))
+        if args.synthesize:
+            recordings += synthesized(word)
+        enrolled = words.enroll(word, recordings)
+    except CustomWordError as error:
+        raise CliError(str(error)) from None
+    print(
+        f"{args.words}: {enrolled.word!r} enrolled from {enrolled.examples} examples in "
+        f"{time.perf_counter() - started:.1f} s; the set has {len(words.words.words)} words "
+        f"({', '.join(words.words.names)})"
+    )
+
+
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    import json
+
+    from app.archive import file_results
+
+    if args.ray is not None or args.out is not None:
+        cmd_transcribe_archive(args)
+        return
+    if args.workers is not None:
+        raise CliError("--workers goes with --ray")
+    from app.words import WordSet
+    from models.model_file import load_model
+    from models.recognizer import Recognizer
 
     recognizer = Recognizer(load_model(args.model))
+    if args.words is not None:
+        WordSet(recognizer, args.words)
     failures = 0
     for path in args.files:
-        started = time.perf_counter()
         try:
-            if path.endswith((".h5", ".hdf5")):
-                samples, _, _ = read_spike_file(path)
-                transcripts = [recognizer.transcribe_spikes(events) for events in samples]
-            else:
-                rate, _, blocks = audio_blocks(path)
-                transcripts = [recognizer.transcribe(blocks, rate, StreamOptions(sample_rate=rate))]
+            results = file_results(recognizer, path)
         except (AudioError, ValueError) as error:
             failures += 1
             print(f"spikeear transcribe: error: {error}", file=sys.stderr)
             continue
-        elapsed = time.perf_counter() - started
-        for transcript in transcripts:
-            result = transcript_json(transcript, elapsed / len(transcripts))
+        for result in results:
             if args.json:
-                print(json.dumps({"file": path, **result}), flush=True)
+                print(json.dumps(result), flush=True)
             else:
                 words = ", ".join(
                     f"{w['word']} ({w['start']:.2f}-{w['end']:.2f} s, {w['confidence']:.2f})"
@@ -268,6 +304,31 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         raise CliError(f"{failures} of {len(args.files)} files could not be transcribed")
     if failures:
         raise SystemExit(2)  # the one error is already printed
+
+
+def cmd_transcribe_archive(args: argparse.Namespace) -> None:
+    """``--out`` (and ``--ray``): folders and globs of files to JSON lines, resumable."""
+    from app.archive import transcribe_archive
+
+    if args.out is None:
+        raise CliError("--ray needs --out RESULTS.jsonl (one line per file, written as done)")
+    if args.workers is not None and args.ray is None:
+        raise CliError("--workers goes with --ray")
+    if args.workers is not None and args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    run = transcribe_archive(
+        args.files, args.out, args.model, args.ray, args.workers, words=args.words
+    )
+    print(
+        f"{args.out}: {run.transcribed - run.failed} files transcribed, {run.failed} failed, "
+        f"{run.skipped} skipped as already there ({run.audio_s:.1f} s of audio in "
+        f"{run.transcribe_s:.1f} s)"
+    )
+    if run.failed:
+        raise CliError(
+            f"{run.failed} of {run.transcribed} files could not be transcribed "
+            f"(their lines in {args.out} have an 'error')"
+        )
 
 
 def cmd_mic(args: argparse.Namespace) -> None:
@@ -379,6 +440,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument(
+        "--words",
+        metavar="WORDS.json",
+        help="custom words (spikeear enroll): recognised by every endpoint; words enrolled "
+        "or deleted through /v1/words are saved to it",
+    )
     p.add_argument("--max-upload-mb", type=int, default=50, help="batch upload size limit")
     p.add_argument(
         "--workers",
@@ -397,10 +464,56 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     add_network_arguments(p)
 
+    p = add("enroll", cmd_enroll, "Teach the recognizer a new word from a few recordings.")
+    p.add_argument("word", help="the new word (letters; an apostrophe or hyphen inside)")
+    p.add_argument("files", nargs="*", metavar="FILE", help="3-10 recordings of it, one word each")
+    p.add_argument(
+        "--synthesize",
+        action="store_true",
+        help="also (or only) enroll it from offline speech synthesizers' voices",
+    )
+    p.add_argument(
+        "--words",
+        required=True,
+        metavar="WORDS.json",
+        help="the word set file to add it to (created if missing; spikeear serve --words)",
+    )
+    p.add_argument("--model", help="model file (default: the bundled model)")
+
     p = add("transcribe", cmd_transcribe, "Transcribe audio files (or SHD spike files).")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="audio or spike files; with --out also folders (searched for audio) and quoted "
+        "globs ('archive/**/*.flac')",
+    )
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    p.add_argument(
+        "--words", metavar="WORDS.json", help="custom words to recognise too (spikeear enroll)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="RESULTS.jsonl",
+        help="append one JSON line per file (the --json fields, or an 'error') as each "
+        "finishes; files already in it are skipped, so a stopped job resumes",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="transcribe on a Ray cluster, one model per worker (needs --out and "
+        'pip install "spikeear[cluster]"): no ADDRESS starts one on this machine for the '
+        "job; auto, HOST:PORT or ray://HOST:PORT joins a running one",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Ray workers, one CPU each (default: one per CPU of the cluster)",
+    )
 
     training("evaluate")
     training("export-nir")

@@ -65,6 +65,9 @@ def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="model file (default: the bundled model)")
     parser.add_argument(
+        "--words", metavar="WORDS.json", help="custom words to recognise too (spikeear enroll)"
+    )
+    parser.add_argument(
         "--plain",
         action="store_true",
         help="print one line per word instead of the live view (the default when stdout "
@@ -206,10 +209,12 @@ class FileSource:
 class LocalRecognizer:
     """The model in this process; messages shaped like the /v1/stream protocol."""
 
-    def __init__(self, model: str | None, sample_rate: int) -> None:
+    def __init__(self, model: str | None, sample_rate: int, words: str | None = None) -> None:
         import torch
 
+        from app.words import WordSet
         from audio_frontend.audio_io import AudioError
+        from models.custom_words import CustomWordError
         from models.model_file import ModelFileError, load_model
         from models.recognizer import Recognizer, StreamOptions
 
@@ -218,6 +223,11 @@ class LocalRecognizer:
         except ModelFileError as error:
             raise CliError(f"{error} (pass --model FILE or --server URL)") from None
         self.recognizer = Recognizer(bundle)
+        if words is not None:
+            try:
+                WordSet(self.recognizer, words)
+            except CustomWordError as error:
+                raise CliError(str(error)) from None
         try:
             self.stream = self.recognizer.open_stream(StreamOptions(sample_rate=sample_rate))
         except AudioError as error:
@@ -424,9 +434,11 @@ def run_mic(args: argparse.Namespace, console=None) -> list[dict]:
         source = MicrophoneSource(args.device)
     recognizer: LocalRecognizer | RemoteRecognizer
     if args.server:
+        if args.words:
+            raise CliError("--words is for the model in this process; the server has its own")
         recognizer = RemoteRecognizer(args.server, source.sample_rate)
     else:
-        recognizer = LocalRecognizer(args.model, source.sample_rate)
+        recognizer = LocalRecognizer(args.model, source.sample_rate, args.words)
     display = Display(
         f"spikeear mic · {source.name} ({source.sample_rate} Hz) · {recognizer.label}"
         + ("" if args.input_file else " · Ctrl+C to stop")

@@ -23,12 +23,13 @@ from starlette.exceptions import HTTPException
 from app.access import KEY_HEADERS, AccessControl
 from app.limits import SlotCounter
 from app.metrics import Metrics
-from app.routers import batch, ops, stream, vosk
+from app.routers import batch, ops, stream, vosk, words
 from app.routers.ops import STATIC
 from app.scheduler import StreamScheduler
 from app.schemas import websocket_components
 from app.settings import Settings
 from app.shutdown import OpenStreams
+from app.words import WordSet
 from models.model_file import ModelBundle, load_model
 from models.recognizer import Recognizer
 
@@ -46,6 +47,7 @@ class Services:
     # Uploads run in their own threads: in asyncio's default pool, shared with the
     # streams' cochlea calls, 20 long uploads delayed a live stream's final by ~40 s.
     batch_pool: ThreadPoolExecutor
+    words: WordSet  # custom words, shared by every endpoint
     streams: OpenStreams = field(default_factory=OpenStreams)  # what a shutdown must close
 
 
@@ -64,8 +66,10 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     settings = settings or Settings()
     bundle = bundle or load_model(settings.model_path)
     metrics = Metrics()
+    recognizer = Recognizer(bundle)
+    custom_words = WordSet(recognizer, settings.words_path)  # checks the file before serving
     scheduler = StreamScheduler(
-        Recognizer(bundle),
+        recognizer,
         on_latency=metrics.partial_latency.observe,
         on_batch=metrics.observe_batch,
     )
@@ -82,6 +86,7 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
             thread_name_prefix="upload",
             initializer=_yield_to_live_streams,
         ),
+        words=custom_words,
     )
 
     @contextlib.asynccontextmanager
@@ -110,7 +115,7 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
     )
     app.state.services = services
     _document_websocket_messages(app)
-    for module in (ops, stream, vosk, batch):
+    for module in (ops, stream, vosk, batch, words):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(AccessControl, services=services)
@@ -118,7 +123,7 @@ def create_app(settings: Settings | None = None, bundle: ModelBundle | None = No
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.allow_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Content-Type", *KEY_HEADERS],
         )
 

@@ -26,6 +26,7 @@ class Settings:
     max_audio_s: float = 1800.0  # audio seconds in one upload
     max_batch_jobs: int = 2  # concurrent uploads per server (CPU left for live streams)
     shared_dir: str | None = None  # where worker processes count streams and uploads together
+    words_path: str | None = None  # the custom word set file (None: kept in memory)
 
     @property
     def transport_max_message_bytes(self) -> int:

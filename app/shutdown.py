@@ -1,10 +1,12 @@
 """Clean shutdown: on SIGTERM every open stream ends with the words it has heard so far.
 
 uvicorn's own shutdown fails every WebSocket with 1012 at once, so a word in progress
-was lost.  :class:`GracefulServer` first stops accepting connections, then asks each
-open stream (registered in :class:`OpenStreams`) to flush its current word as a final
-and close with 1012 and a reason, and waits up to a grace period for them; whatever is
-still open after it is left to uvicorn's shutdown.
+was lost.  :class:`GracefulServer` drains instead: from the signal on, ``/health``
+answers 503 and a new stream is refused with 1012 (the port stays open, so a balancer
+or a client is told why rather than finding the port closed); each open stream
+(registered in :class:`OpenStreams`) flushes its current word as a final and closes
+with 1012 and a reason, within a grace period; then the port closes and whatever is
+still open is left to uvicorn's shutdown.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -74,11 +77,16 @@ class GracefulServer(uvicorn.Server):
         self.streams = streams
         self.grace_s = grace_s
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Draining from the signal itself, not from the main loop's next tick: a probe
+        # or a client arriving meanwhile already hears "not ready".
+        self.streams.shutting_down = True
+        super().handle_exit(sig, frame)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:  # no new streams while the open ones finish
-            server.close()
-        for sock in sockets or []:
-            sock.close()
+        # The listening sockets stay open until the open streams are done (uvicorn's
+        # shutdown closes them): meanwhile /health says 503 and new streams get 1012.
+        self.streams.shutting_down = True
         if len(self.streams):
             logger.info(
                 "Closing %d open stream(s) with their last words (grace %g s)",

@@ -90,6 +90,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         low, high = getattr(config, name)
         if not 0 < low <= high:
             raise CliError(f"--{name.replace('_', '-')} needs 0 < MIN <= MAX")
+    if config.neuron != "adlif" and config.kind != "spiking":
+        raise CliError(f"--neuron {config.neuron} is for --kind spiking")
     if config.teachers and not config.distill_weight:
         raise CliError("--teacher needs --distill WEIGHT")
     if config.input_conv or config.hidden_conv:
@@ -220,9 +222,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_export_nir(args: argparse.Namespace) -> None:
-    from training.export import export_nir_command
+    from training.export import ExportError, export_nir_command
 
-    print(export_nir_command(args.model, args.out))
+    try:
+        print(export_nir_command(args.model, args.out, args.neurons, args.target))
+    except ExportError as error:
+        raise CliError(str(error)) from None
 
 
 def _data_argument(p: argparse.ArgumentParser, required: bool) -> None:
@@ -283,7 +288,25 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export_nir_arguments(p: argparse.ArgumentParser) -> None:
+    from training.export import MODES, TARGETS
+
     p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument(
+        "--neurons",
+        choices=MODES,
+        default="exact",
+        help="exact (default): adLIF neurons as exact composites of NIR nodes, a model "
+        "trained with --neuron lif as LIF nodes; lif: plain LIF nodes, for toolchains that "
+        "map only those (an approximation of adLIF neurons: its measured error is printed)",
+    )
+    p.add_argument(
+        "--target",
+        choices=tuple(TARGETS),
+        default="nir",
+        help="the reader to write for: nir (default; the specification's reading), or the "
+        "time step, readout and weight form that an importer needs: "
+        + "; ".join(f"{name}: {t.description}" for name, t in TARGETS.items() if name != "nir"),
+    )
     p.add_argument("--out", required=True, metavar="MODEL.nir")
 
 

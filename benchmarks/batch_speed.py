@@ -14,7 +14,12 @@ missing) and reports RTF = compute seconds / audio seconds (target: RTF <= 0.02)
   time, and the server's own ``stats.real_time_factor`` (recognition only);
 * with ``--subprocess``: the same request to ``spikeear serve`` started on a free
   loopback port (its torch threads set with ``--server-threads``, default 1), or
-  with ``--url http://127.0.0.1:PORT`` to a running server.
+  with ``--url http://127.0.0.1:PORT`` to a running server;
+* with ``--ray-workers 1 2``: the same audio cut into files of ``--file-s`` seconds and
+  transcribed as an archive (``spikeear transcribe DIR --out``), in this process and on
+  a local Ray cluster with each number of workers (``--ray --workers N``, one CPU each):
+  files/s and wall real-time factor from the first file sent to the last line written,
+  and the start-up (cluster and model loads) apart.
 
 Other jobs on the machine inflate wall time; CPU time is the steadier figure.
 Without a trained model at ``models/spikeear-default.pt`` pass ``--model PATH`` or
@@ -26,6 +31,7 @@ Run from the repository root::
     python -m benchmarks.batch_speed
     python -m benchmarks.batch_speed --random-model --seconds 20 --repeats 2
     python -m benchmarks.batch_speed --subprocess --json
+    python -m benchmarks.batch_speed --no-http --ray-workers 1 2 --json
 """
 
 from __future__ import annotations
@@ -217,6 +223,40 @@ def measure_http(base: str, wav: bytes, seconds: float, repeats: int, pid: int |
     }
 
 
+def measure_archive(
+    model: str, audio: np.ndarray, file_s: float, ray_workers: list[int], workdir: Path
+) -> dict:
+    """The audio as files of ``file_s`` seconds, transcribed as an archive in this process
+    and on a local Ray cluster with each of ``ray_workers`` workers."""
+    from app.archive import transcribe_archive
+
+    folder = workdir / "archive"
+    folder.mkdir()
+    step = round(file_s * RATE)
+    for i in range(0, len(audio), step):
+        sf.write(folder / f"{i // step:05d}.wav", audio[i : i + step], RATE, subtype="PCM_16")
+    paths = [("in process", None, 1), *(("Ray", "local", n) for n in ray_workers)]
+    rows = []
+    for name, address, workers in paths:
+        out = workdir / f"{name.replace(' ', '-')}-{workers}.jsonl"
+        run = transcribe_archive(
+            [str(folder)], str(out), model, address, workers if address else None, False
+        )
+        if run.failed or run.transcribed != run.files:
+            raise SystemExit(f"{name}: {run.failed} of {run.files} files failed")
+        rows.append({
+            "path": name,
+            "workers": workers,
+            "files": run.transcribed,
+            "audio_s": run.audio_s,
+            "startup_s": run.startup_s,
+            "wall_s": run.transcribe_s,
+            "files_per_s": run.transcribed / run.transcribe_s,
+            "rtf_wall": run.transcribe_s / run.audio_s,
+        })  # fmt: skip
+    return {"file_s": file_s, "files": rows[0]["files"], "runs": rows}
+
+
 def print_report(report: dict) -> None:
     from rich.table import Table
 
@@ -257,6 +297,24 @@ def print_report(report: dict) -> None:
         "subprocess/--url rows show the server process's CPU; 'server RTF' is the route's own "
         "stats.real_time_factor (recognition wall time only)."
     )
+    if report.get("archive"):
+        archive = report["archive"]
+        table = Table(
+            title=f"Archive: {archive['files']} files of {archive['file_s']:g} s "
+            "(spikeear transcribe DIR --out)"
+        )
+        for name in ("path", "workers", "start-up s", "wall s", "files/s", "RTF wall"):
+            table.add_column(name, justify="right")
+        for run in archive["runs"]:
+            table.add_row(
+                run["path"],
+                str(run["workers"]),
+                f(run["startup_s"], ".1f"),
+                f(run["wall_s"], ".2f"),
+                f(run["files_per_s"], ".2f"),
+                f(run["rtf_wall"]),
+            )
+        out.print(table)
     target = report["target"]
     mark = "[bold green]MET[/]" if target["met"] else "[bold red]NOT MET[/]"
     out.print(
@@ -275,9 +333,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subprocess", action="store_true", help="also time a served instance")
     p.add_argument("--server-threads", type=int, default=1, help="torch threads of --subprocess")
     p.add_argument("--url", help="http://127.0.0.1:PORT of a running server to time")
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="also time the audio as an archive of files: in process, and on a local Ray "
+        "cluster with each N workers (needs the cluster extra)",
+    )
+    p.add_argument("--file-s", type=float, default=5.0, help="file length for --ray-workers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.ray_workers and (min(args.ray_workers) < 1 or not args.file_s > 0):
+        p.error("--ray-workers counts must be at least 1, and --file-s above 0")
     if not 1 <= args.repeats <= 50 or not 0 < args.seconds <= 3600:
         p.error("--repeats must be 1-50 and --seconds in (0, 3600]")
     return args
@@ -320,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
                 }
             finally:
                 server.stop()
+        if args.ray_workers:
+            report["archive"] = measure_archive(
+                model, audio, args.file_s, args.ray_workers, Path(tmp)
+            )
     rtf = report["in_process"]["rtf_cpu"]
     report["target"] = {"target_rtf": TARGET_RTF, "rtf": rtf, "met": rtf <= TARGET_RTF}
     return emit(report, args.json, print_report)

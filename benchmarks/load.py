@@ -232,6 +232,7 @@ class ClientResult:
     events: list[tuple[float, dict]] = field(default_factory=list)
     got_eof: bool = False
     close_code: int | None = None
+    close_reason: str | None = None  # of a close before the eof answer
     error: str | None = None
     connected_at: float | None = None
     done_at: float | None = None
@@ -292,6 +293,10 @@ async def run_client(
                 result.close_code = ws.close_code
     except TimeoutError:
         result.error = f"timed out after {timeout:.0f} s"
+    except ConnectionClosed as error:  # ended early: which code (1006: no close frame)
+        result.close_code = error.rcvd.code if error.rcvd is not None else 1006
+        result.close_reason = error.rcvd.reason if error.rcvd is not None else None
+        result.error = f"{type(error).__name__}: {error}"
     except Exception as error:  # a failed client is a result, not a crash
         result.error = f"{type(error).__name__}: {error}"
     result.done_at = time.monotonic()

@@ -23,7 +23,10 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from models.custom_words import CustomMatch, CustomWords
 from models.vocabulary import SILENCE, UNKNOWN
+
+CUSTOM_MATCH_EVERY_BINS = 5  # partials look for a custom word this often (a matrix product)
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,13 @@ class DecoderState:
     min_confidence: float  # a final below this confidence is reported as unknown
     evidence_bins: int = 0
     in_word: bool = False
-    leader: int = -1  # the class last streamed as a partial
+    leader: str = ""  # the word last streamed as a partial
     onset_history: list[np.ndarray] = field(default_factory=list)  # evidence of the last bins
+    # Custom words: which ones may be reported (None: all), and the word's hidden spikes.
+    custom_allowed: frozenset[str] | None = None
+    word_spikes: np.ndarray | None = None  # summed over the word's bins
+    onset_spikes: list[np.ndarray] = field(default_factory=list)
+    described: list[np.ndarray] | None = None  # each final's rates (mean spikes per bin)
 
 
 class Decoder:
@@ -216,53 +224,87 @@ class Decoder:
         self.has_silence = bool(self.silence.any())
 
     def new_state(
-        self, words: list[str] | None = None, min_confidence: float | None = None
+        self,
+        words: list[str] | None = None,
+        min_confidence: float | None = None,
+        custom_words: tuple[str, ...] = (),
+        describe_words: bool = False,
     ) -> DecoderState:
-        """``words`` restricts what may be reported (the fillers always stay);
-        ``min_confidence`` replaces the configured rejection threshold."""
+        """``words`` restricts what may be reported (the fillers always stay), built-in
+        or among ``custom_words``; ``min_confidence`` replaces the configured rejection
+        threshold of the built-in words."""
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        custom_allowed = None
         if words is None:
             allowed = np.ones(len(self.vocabulary), bool)
         else:
-            unknown = sorted(set(words) - set(self.vocabulary))
+            unknown = sorted(set(words) - set(self.vocabulary) - set(custom_words))
             if unknown:
                 raise ValueError(f"words not in the model's vocabulary: {', '.join(unknown)}")
             allowed = np.array([w in words for w in self.vocabulary]) | self.filler
+            custom_allowed = frozenset(words) & frozenset(custom_words)
         return DecoderState(
             allowed=allowed,
             evidence=np.zeros(len(self.vocabulary)),
             min_confidence=self.config.min_confidence if min_confidence is None else min_confidence,
+            custom_allowed=custom_allowed,
+            described=[] if describe_words else None,
         )
 
     def step(
-        self, state: DecoderState, probabilities: np.ndarray, boundary: Boundary
+        self,
+        state: DecoderState,
+        probabilities: np.ndarray,
+        boundary: Boundary,
+        custom: CustomWords | None = None,
+        word_spikes: np.ndarray | None = None,
     ) -> list[WordEvent]:
         """Advance one bin: ``probabilities`` of the classes (the network's softmax) and
-        what the :class:`Endpointer` decided for the same bin."""
+        what the :class:`Endpointer` decided for the same bin; with ``custom`` words,
+        ``word_spikes`` are the bin's spikes of the hidden layers that describe a word."""
         events: list[WordEvent] = []
         evidence = log_evidence(probabilities)
         if not state.in_word:  # keep the last bins: a word's evidence starts at its onset
             state.onset_history = [*state.onset_history, evidence][-self.onset_bins :]
+            if word_spikes is not None:
+                state.onset_spikes = [*state.onset_spikes, word_spikes][-self.onset_bins :]
         else:
             state.evidence = state.evidence + evidence
             state.evidence_bins += 1
+            if word_spikes is not None and state.word_spikes is not None:
+                state.word_spikes = state.word_spikes + word_spikes
         if boundary.opened:
             # A word that takes over from a provisional one starts with this bin alone.
             if state.in_word:
                 state.evidence, state.evidence_bins = evidence, 1
+                state.word_spikes = word_spikes
             else:
                 state.evidence = np.sum(state.onset_history, axis=0)
                 state.evidence_bins = len(state.onset_history)
-            state.leader = -1
+                state.word_spikes = (
+                    np.sum(state.onset_spikes, axis=0) if state.onset_spikes else word_spikes
+                )
+            state.leader = ""
             state.in_word = True
         if boundary.active:
-            events += self._partial(state, boundary)
+            events += self._partial(state, boundary, custom)
         if boundary.closed:
-            events += self._final(state, boundary)
+            events += self._final(state, boundary, custom)
             state.in_word = False
             state.onset_history = []
+            state.onset_spikes = []
+            state.word_spikes = None
         return events
+
+    @staticmethod
+    def _custom_match(
+        state: DecoderState, custom: CustomWords | None, builtin: str, confidence: float
+    ) -> CustomMatch | None:
+        if not custom or state.word_spikes is None:
+            return None
+        rates = state.word_spikes / max(state.evidence_bins, 1)
+        return custom.takes_over(builtin, confidence, rates, state.custom_allowed)
 
     def _speech_scores(self, state: DecoderState) -> np.ndarray | None:
         """The word's probability of each speech class this stream may report (the
@@ -279,29 +321,31 @@ class Decoder:
         shares = np.exp(speech - speech.max())
         return shares / shares.sum()
 
-    def _partial(self, state: DecoderState, boundary: Boundary) -> list[WordEvent]:
+    def _partial(
+        self, state: DecoderState, boundary: Boundary, custom: CustomWords | None
+    ) -> list[WordEvent]:
         scores = self._speech_scores(state)
         if scores is None:
             return []
-        leader = int(scores.argmax())
+        best = int(scores.argmax())
+        leader, confidence = self.vocabulary[best], float(scores[best])
+        if custom and state.evidence_bins % CUSTOM_MATCH_EVERY_BINS == 0:
+            match = self._custom_match(state, custom, leader, confidence)
+            if match is not None:
+                leader, confidence = match.word, match.confidence
+        elif leader != state.leader and state.leader in (custom.names if custom else ()):
+            return []  # a custom word leads until the next look says otherwise
         if leader == state.leader:
             return []
         state.leader = leader
-        if self.filler[leader]:
+        if leader in (UNKNOWN, SILENCE):
             return []
         now = (boundary.bin + 1) * self.bin_s  # the end of the bin just counted
-        return [
-            WordEvent(
-                "partial",
-                self.vocabulary[leader],
-                float(scores[leader]),
-                now,
-                boundary.start_bin * self.bin_s,
-                now,
-            )
-        ]
+        return [WordEvent("partial", leader, confidence, now, boundary.start_bin * self.bin_s, now)]
 
-    def _final(self, state: DecoderState, boundary: Boundary) -> list[WordEvent]:
+    def _final(
+        self, state: DecoderState, boundary: Boundary, custom: CustomWords | None
+    ) -> list[WordEvent]:
         """The word that closes with this bin."""
         if boundary.end_bin - boundary.start_bin + 1 < self.min_word_bins:
             return []
@@ -313,13 +357,20 @@ class Decoder:
         confidence = float(scores[best])
         if confidence < state.min_confidence and self.unknown >= 0:
             best = self.unknown
+        word = self.vocabulary[best]
         alternatives = tuple(
             (self.vocabulary[i], float(scores[i])) for i in order[:5] if scores[i] > 0
         )
+        match = self._custom_match(state, custom, word, confidence)
+        if match is not None:
+            word, confidence = match.word, match.confidence
+            alternatives = ((match.word, match.confidence), *alternatives[:4])
+        if state.described is not None and state.word_spikes is not None:
+            state.described.append(state.word_spikes / state.evidence_bins)
         return [
             WordEvent(
                 "final",
-                self.vocabulary[best],
+                word,
                 confidence,
                 (boundary.bin + 1) * self.bin_s,
                 boundary.start_bin * self.bin_s,

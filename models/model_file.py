@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from audio_frontend.cochlea import CochleaConfig
+from models.custom_words import EnrollmentSpace
 from models.network import Classifier, NetworkConfig
 
 FORMAT = "spikeear-model"
@@ -29,10 +30,13 @@ class ModelBundle:
     vocabulary: tuple[str, ...]
     bin_ms: float
     card: dict = field(default_factory=dict)
+    enrollment: EnrollmentSpace | None = None  # lets the model learn custom words
 
     def save(self, path: str | Path) -> None:
+        extra = {"enrollment": self.enrollment.to_dict()} if self.enrollment is not None else {}
         torch.save(
             {
+                **extra,
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "network_config": self.network.config.to_dict(),
@@ -73,6 +77,12 @@ def load_model(path: str | Path | None = None) -> ModelBundle:
     network = Classifier(config)
     network.load_state_dict(data["state_dict"])
     network.eval()
+    enrollment = data.get("enrollment")
     return ModelBundle(
-        network, CochleaConfig.from_dict(data["frontend"]), vocabulary, data["bin_ms"], data["card"]
+        network,
+        CochleaConfig.from_dict(data["frontend"]),
+        vocabulary,
+        data["bin_ms"],
+        data["card"],
+        EnrollmentSpace.from_dict(enrollment) if enrollment is not None else None,
     )

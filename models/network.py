@@ -13,6 +13,10 @@ the efficiency report:
   (the non-spiking network of the same shape).
 * ``"binary"``: binary weights (sign, scaled per neuron) and binary activations
   without membrane memory, a binary neural network of the same shape.
+
+``neuron`` selects the spiking neuron: ``"adlif"`` (the product) or ``"lif"``, NIR's
+plain LIF node exactly (reset to 0, no adaptation), for neuromorphic toolchains that
+map only NIR's neuron primitives.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from torch import nn
 
 from models import kernels
 from models.neurons import (
+    NEURONS,
     AdLIFParameters,
     AdLIFSequence,
     AdLIFState,
     adlif_step,
     leaky_step,
+    lif_step,
     spike,
 )
 
@@ -70,10 +76,16 @@ class NetworkConfig:
     # (a two-layer spiking convolution along frequency) and (32, 5, 2, 64, 3, 2) the
     # third as well.  Needs input_conv.
     hidden_conv: tuple[int, ...] | None = None
+    # The spiking neuron: "adlif", or "lif" (NIR's LIF node exactly; spiking kind only).
+    neuron: str = "adlif"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown network kind {self.kind!r} (choose from {', '.join(KINDS)})")
+        if self.neuron not in NEURONS:
+            raise ValueError(f"unknown neuron {self.neuron!r} (choose from {', '.join(NEURONS)})")
+        if self.neuron != "adlif" and self.kind != "spiking":
+            raise ValueError(f"neuron {self.neuron!r} is for the spiking kind")
         if not self.input_delays or min(self.input_delays) < 0:
             raise ValueError(f"input delays must be bins >= 0, not {self.input_delays}")
         if self.input_conv is not None:
@@ -123,6 +135,8 @@ class NetworkConfig:
     def to_dict(self) -> dict:
         values = asdict(self)
         values["hidden"] = list(self.hidden)
+        if self.neuron == "adlif":  # model files from before the choice stay as they were
+            del values["neuron"]
         return values
 
     @classmethod
@@ -283,6 +297,7 @@ class RecurrentLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.kind = config.kind
+        self.neuron = config.neuron
         self.tau_u, self.tau_w = config.tau_u, config.tau_w
         self.input = input if input is not None else nn.Linear(n_in, n_out, bias=False)
         self.norm = nn.BatchNorm1d(n_out, momentum=0.05)
@@ -292,7 +307,7 @@ class RecurrentLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.alpha = nn.Parameter(_uniform_decay(n_out, *config.tau_u))
         self.beta = nn.Parameter(_uniform_decay(n_out, *config.tau_w))
-        adaptive = config.kind == "spiking"
+        adaptive = config.kind == "spiking" and config.neuron == "adlif"
         self.a = nn.Parameter(torch.rand(n_out) * 0.5 if adaptive else torch.zeros(n_out))
         self.b = nn.Parameter(torch.rand(n_out) * 1.0 if adaptive else torch.zeros(n_out))
         if not adaptive:
@@ -343,14 +358,15 @@ class RecurrentLayer(nn.Module):
         (:class:`AdLIFSequence`, the same values with a much cheaper backward pass),
         in inference on the CPU the event-driven kernel (:mod:`models.kernels`);
         everything else steps through :meth:`advance`."""
-        if self.kind == "spiking" and not self.training and kernels.applies_to(currents):
+        adlif = self.kind == "spiking" and self.neuron == "adlif"
+        if adlif and not self.training and kernels.applies_to(currents):
             recurrent = self.recurrent.weight if self.recurrent is not None else None
             out, final = kernels.adlif_layer(
                 currents, recurrent, self.alpha, self.beta, self.a, self.b, *state
             )
             return out, AdLIFState(*final)
         weights = self.step_weights()
-        if fused and self.kind == "spiking" and torch.is_grad_enabled():
+        if fused and adlif and torch.is_grad_enabled():
             mask = None
             if self.training and self.dropout.p > 0:
                 mask = self.dropout(torch.ones_like(currents))
@@ -371,7 +387,8 @@ class RecurrentLayer(nn.Module):
         if weights.recurrent is not None:
             current = current + state.s @ weights.recurrent
         if self.kind == "spiking":
-            out, new_state = adlif_step(current, state, weights.neuron)
+            step = lif_step if self.neuron == "lif" else adlif_step
+            out, new_state = step(current, state, weights.neuron)
         elif self.kind == "analog":
             u = leaky_step(current, state.u, weights.neuron.alpha, weights.neuron.gain)
             out = torch.relu(u)

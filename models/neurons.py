@@ -12,6 +12,16 @@ subtraction.  ``a = b = 0`` gives a plain LIF neuron.  The leaky integrator
 readout is ``u_t = alpha * u_{t-1} + (1 - alpha) * I_t`` without spikes.
 
 The Heaviside step has a boxcar surrogate gradient (1 where ``|u - 1| < 0.5``).
+
+The ``lif`` neuron is NIR's LIF node exactly (``v_threshold = 1``, ``v_reset = 0``,
+``v_leak = 0``, ``r = 1``), on the same time grid, with no adaptation::
+
+    u_t = alpha * u_{t-1} * (1 - s_{t-1}) + (1 - alpha) * I_t
+    s_t = H(u_t > 1)
+
+It fires strictly above the threshold and restarts from 0 after a spike (the state
+keeps the membrane before the reset, so ``u * (1 - s)`` is the reset membrane), so a
+NIR graph of LIF nodes reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from typing import NamedTuple
 import torch
 
 THRESHOLD = 1.0
+# Hidden neuron models: adaptive LIF (subtractive reset), or NIR's plain LIF (reset to 0).
+NEURONS = ("adlif", "lif")
 
 
 class SpikeFunction(torch.autograd.Function):
@@ -40,6 +52,23 @@ def spike(membrane: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and membrane.requires_grad:
         return SpikeFunction.apply(membrane)
     return (membrane >= THRESHOLD).to(membrane.dtype)  # inference: skip autograd bookkeeping
+
+
+class StrictSpikeFunction(SpikeFunction):
+    """Heaviside strictly above the threshold (NIR's ``v > v_threshold``); the same
+    surrogate gradient."""
+
+    @staticmethod
+    def forward(ctx, membrane: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(membrane)
+        return (membrane > THRESHOLD).to(membrane.dtype)
+
+
+def spike_above(membrane: torch.Tensor) -> torch.Tensor:
+    """:func:`spike` firing on ``membrane > THRESHOLD``, as NIR's spiking nodes do."""
+    if torch.is_grad_enabled() and membrane.requires_grad:
+        return StrictSpikeFunction.apply(membrane)
+    return (membrane > THRESHOLD).to(membrane.dtype)
 
 
 class AdLIFState(NamedTuple):
@@ -71,6 +100,16 @@ def adlif_step(
     u = p.alpha * (state.u - state.s) + p.gain * (current - w)
     s = spike(u)
     return s, AdLIFState(u, w, s)
+
+
+def lif_step(
+    current: torch.Tensor, state: AdLIFState, p: AdLIFParameters
+) -> tuple[torch.Tensor, AdLIFState]:
+    """NIR's LIF neuron: reset to 0 after a spike, no adaptation (``w`` stays as it is,
+    zero; ``beta``, ``a`` and ``b`` are unused)."""
+    u = p.alpha * (state.u * (1.0 - state.s)) + p.gain * current
+    s = spike_above(u)
+    return s, AdLIFState(u, state.w, s)
 
 
 def leaky_step(

@@ -27,6 +27,7 @@ from audio_frontend.audio_io import check_sample_rate
 from audio_frontend.cochlea import Cochlea, CochleaState
 from audio_frontend.events import SpikeBinner, SpikeEvents
 from models.costs import NetworkCosts, energy_pj
+from models.custom_words import EMBEDDING_LAYERS, CustomWords
 from models.decoding import (
     Boundary,
     Decoder,
@@ -56,6 +57,7 @@ class StreamOptions:
     emit_unknown: bool = False  # report out-of-vocabulary words as "_unknown_"
     min_confidence: float | None = None  # a final less sure than this is unknown (None: default)
     activity: bool = True  # keep ``Stream.activity`` up to date (live displays)
+    describe_words: bool = False  # keep each final's hidden spike rates (enrollment)
 
 
 class StreamActivity(NamedTuple):
@@ -121,6 +123,7 @@ class _WindowOutput(NamedTuple):
     probabilities: np.ndarray  # float32 [bins, classes]
     layer_spikes: np.ndarray  # float32 [bins, layers]: hidden spikes
     inputs: np.ndarray  # float32 [bins, channels]: the input spike counts
+    word_spikes: np.ndarray | None  # float32 [bins, D]: the spikes that describe a word
 
 
 class Recognizer:
@@ -137,6 +140,14 @@ class Recognizer:
         self.bin_samples = round(self.bin_s * bundle.frontend.sample_rate)
         self.n_channels = bundle.frontend.channels
         self.costs = NetworkCosts.of(self.network)
+        # Replaced whole (never changed in place) when words are enrolled or removed.
+        self.custom_words = CustomWords(bundle.enrollment)
+        self.word_layers = bundle.enrollment.layers if bundle.enrollment else EMBEDDING_LAYERS
+
+    @property
+    def known_words(self) -> tuple[str, ...]:
+        """What a stream's ``vocabulary`` may list: the model's words and the custom ones."""
+        return (*self.vocabulary, *self.custom_words.names)
 
     # ----- opening and feeding streams -------------------------------------------------
     def open_stream(self, options: StreamOptions | None = None) -> Stream:
@@ -151,7 +162,9 @@ class Recognizer:
             binner=SpikeBinner(self.n_channels, self.bin_samples, self.bundle.frontend.sample_rate),
             endpointer=self.endpointer.new_state(),
             row=self.pool.allocate(),
-            decoder=self.decoder.new_state(words, options.min_confidence),
+            decoder=self.decoder.new_state(
+                words, options.min_confidence, self.custom_words.names, options.describe_words
+            ),
             layer_spikes=np.zeros(len(self.network.config.hidden)),
         )
 
@@ -252,22 +265,31 @@ class Recognizer:
         the endpointer decided, and all the pieces of all the streams run as a few
         batched sequences.
         """
+        custom = self.custom_words  # one set for the whole step
         windows = []
         for stream in streams:
             behind = max_bins > 1 and len(stream.ready) > catch_up
             n = min(max_bins if behind else 1, len(stream.ready))
             windows.append(stream.ready[:n])
             del stream.ready[:n]
+        describe = bool(custom) or any(s.options.describe_words for s in streams)
         results = []
         for stream, window, output in zip(
-            streams, windows, self._run_network(streams, windows), strict=True
+            streams, windows, self._run_network(streams, windows, describe), strict=True
         ):
             if not window:
                 results.append([])
                 continue
             events: list[WordEvent] = []
-            for ready, probabilities in zip(window, output.probabilities, strict=True):
-                events += self.decoder.step(stream.decoder, probabilities, ready.boundary)
+            word_spikes = (
+                output.word_spikes if output.word_spikes is not None else [None] * len(window)
+            )
+            for ready, probabilities, spikes in zip(
+                window, output.probabilities, word_spikes, strict=True
+            ):
+                events += self.decoder.step(
+                    stream.decoder, probabilities, ready.boundary, custom, spikes
+                )
             stream.bins_done += len(window)
             input_counts = output.inputs.sum(axis=0)
             stream.stepped_input_spikes += float(input_counts.sum())
@@ -278,7 +300,7 @@ class Recognizer:
         return results
 
     def _run_network(
-        self, streams: list[Stream], windows: list[list[ReadyBin]]
+        self, streams: list[Stream], windows: list[list[ReadyBin]], describe: bool
     ) -> list[_WindowOutput]:
         """Each stream's window of bins through the network.
 
@@ -314,9 +336,17 @@ class Recognizer:
                 p = evidence.softmax(-1).numpy()
                 spikes = torch.stack([a.sum(-1) for a in activity], dim=-1).numpy()
                 inputs = x.numpy()
+                word = None
+                if describe:
+                    word = torch.cat([activity[i] for i in self.word_layers], -1).numpy()
                 for k, s in enumerate(members):
                     n = s.end - s.start
-                    piece = _WindowOutput(p[k, :n], spikes[k, :n], inputs[k, :n])
+                    piece = _WindowOutput(
+                        p[k, :n],
+                        spikes[k, :n],
+                        inputs[k, :n],
+                        None if word is None else word[k, :n],
+                    )
                     pieces[s.stream].append((s.start, piece))
             for rows, state, keeping in kept:
                 if len(keeping) < len(state.readout):
@@ -334,7 +364,14 @@ class Recognizer:
                 outputs.append(stream_pieces[0][1])
             else:
                 ordered = [piece for _, piece in sorted(stream_pieces, key=lambda p: p[0])]
-                outputs.append(_WindowOutput(*map(np.concatenate, zip(*ordered, strict=True))))
+                outputs.append(
+                    _WindowOutput(
+                        *(
+                            None if parts[0] is None else np.concatenate(parts)
+                            for parts in zip(*ordered, strict=True)
+                        )
+                    )
+                )
         return outputs
 
     def _inputs(
@@ -429,6 +466,17 @@ class Recognizer:
             stream.bins_done * self.bin_s,
             self.stats(stream),
         )
+
+    def describe(self, audio: np.ndarray, sample_rate: int) -> list[tuple[WordEvent, np.ndarray]]:
+        """Each word of a recording with its hidden spike rates ``[D]``: what a custom
+        word is enrolled from (and its enrollment space fitted on)."""
+        options = StreamOptions(
+            sample_rate=sample_rate, emit_unknown=True, activity=False, describe_words=True
+        )
+        with self.opened(options) as stream:
+            self.feed_audio(stream, audio, final=True)
+            finals = [w for w in self.drain(stream) if w.kind == "final"]
+            return list(zip(finals, stream.decoder.described, strict=True))
 
     # ----- accounting -----------------------------------------------------------------------
     def stats(self, stream: Stream) -> dict:

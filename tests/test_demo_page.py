@@ -4,6 +4,10 @@ Chromium plays a WAV file as its microphone (``--use-file-for-fake-audio-capture
 looped), so the whole path runs: getUserMedia, the AudioWorklet, the WebSocket
 ``/v1/stream`` protocol with ``activity`` messages, and the rasters.  With
 ``SPIKEEAR_UPDATE_SCREENSHOT=1`` the screenshot also replaces ``docs/demo.png``.
+
+The "Add a word" panel records its takes from the same fake microphone (a recording of
+"marvin", restarted for every take), posts them as WAV files to ``/v1/words``, and the
+word is then heard on ``/v1/stream``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +27,29 @@ import uvicorn
 from app.server import create_app
 from app.settings import Settings
 from models.model_file import DEFAULT_MODEL_PATH
-from tests.conftest import fixture_path
+from tests.conftest import FIXTURES, fixture_path
 from tests.servers import in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "demo.png"
 WAIT_MS = 20_000
+MARVIN = sorted((FIXTURES / "custom_words").glob("marvin_*.wav"))[0]  # not a built-in word
+CHROMIUM_ARGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
-def padded_fixture(tmp_path: Path, word: str = "yes") -> Path:
+def padded_fixture(tmp_path: Path, word: str = "yes", source: Path | None = None) -> Path:
     """The fixture with 0.5 s of silence either side, as 16-bit PCM (what Chromium reads)."""
-    audio, rate = sf.read(fixture_path(word), dtype="int16")
+    audio, rate = sf.read(source or fixture_path(word), dtype="int16")
     gap = np.zeros(rate // 2, np.int16)
     path = tmp_path / f"{word}_padded.wav"
     sf.write(path, np.concatenate([gap, audio, gap]), rate, subtype="PCM_16")
@@ -80,18 +97,7 @@ def sync_api():
 def test_microphone_demo_shows_words_and_rasters(sync_api, server, tmp_path):
     url, trained = server
     wav = padded_fixture(tmp_path)
-    args = [
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        "--autoplay-policy=no-user-gesture-required",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-    ]
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"]
     errors: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -137,6 +143,82 @@ def test_microphone_demo_shows_words_and_rasters(sync_api, server, tmp_path):
     assert state["spikes"] > 0 and state["frames"] > 0, state
     if trained:
         assert state["words"][0] == "yes", state
+
+
+def custom_words(url: str) -> list[dict]:
+    with urllib.request.urlopen(url + "/v1/words", timeout=10) as response:
+        return json.load(response)["words"]
+
+
+@pytest.mark.slow  # a headless Chromium, three 1.5 s takes, then the word said once
+def test_add_a_word_panel_enrolls_a_recorded_word(sync_api, server, tmp_path):
+    url, trained = server
+    if not trained:
+        pytest.skip("the bundled model (its enrollment space) is not there")
+    wav = padded_fixture(tmp_path, "marvin", MARVIN)
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"]
+    errors: list[str] = []
+    posts: list[str] = []  # the content type of every POST /v1/words
+
+    def on_request(request) -> None:
+        if request.method == "POST" and request.url.endswith("/v1/words"):
+            posts.append(request.headers.get("content-type", ""))
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=args
+        )
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 1000})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", on_request)
+            page.goto(url + "/")
+            page.wait_for_selector("#vocabulary span", timeout=WAIT_MS)
+            assert page.is_disabled("#enroll")
+            # Three takes from the microphone: each one a fresh capture of the file.
+            for take in range(1, 4):
+                page.click("#record")
+                page.wait_for_function(
+                    "(n) => document.querySelectorAll('#takes li').length === n",
+                    arg=take,
+                    timeout=WAIT_MS,
+                )
+            assert page.is_disabled("#record")
+            assert page.is_disabled("#enroll")  # no word yet
+            # A refusal: the server's message is shown, the takes are kept.
+            page.fill("#word-input", "yes")
+            page.click("#enroll")
+            page.wait_for_selector("#word-message[data-kind=error]", timeout=WAIT_MS)
+            refused = page.text_content("#word-message")
+            assert page.locator("#takes li").count() == 3
+            # The word itself, enrolled with Enter from the word field.
+            page.fill("#word-input", "Marvin")
+            page.press("#word-input", "Enter")
+            page.wait_for_selector("#vocabulary span.custom[data-word=marvin]", timeout=WAIT_MS)
+            enrolled = custom_words(url)
+            listed = page.text_content("#custom-words li[data-word=marvin]")
+            takes_left = page.locator("#takes li").count()
+            # Said right away on /v1/stream.
+            page.click("#mic")
+            page.wait_for_selector("#transcript li[data-word=marvin]", timeout=WAIT_MS)
+            page.click("#mic")
+            page.wait_for_function("() => document.body.dataset.state === 'idle'", timeout=WAIT_MS)
+            # Removed again.
+            page.click("#custom-words li[data-word=marvin] button")
+            page.wait_for_selector(
+                "#vocabulary span[data-word=marvin]", state="detached", timeout=WAIT_MS
+            )
+            remaining = custom_words(url)
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert refused == "'yes' is a built-in word"
+    assert len(posts) == 2 and all(p.startswith("multipart/form-data") for p in posts)
+    # The three takes: WAV files from the page's own encoder, which the server decoded.
+    sources = ["take1.wav", "take2.wav", "take3.wav"]
+    assert enrolled == [{"word": "marvin", "examples": 3, "sources": sources}]
+    assert "3 examples" in listed and takes_left == 0
+    assert remaining == []
 
 
 def stream_messages(client, audio: np.ndarray, config: dict) -> list[dict]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from models.network import KINDS
+from models.network import KINDS, NEURONS
 from models.vocabulary import DEFAULT_VOCABULARY
 from training.teacher import ARCHITECTURES
 
@@ -33,6 +33,7 @@ class TrainConfig:
     lr: float = 1e-2
     seed: int = 0
     kind: str = "spiking"
+    neuron: str = "adlif"  # spiking neuron model; see NetworkConfig
     hidden: tuple[int, ...] = (256, 256, 256)
     input_delays: tuple[int, ...] = (0,)  # bins; see NetworkConfig
     input_conv: tuple[int, int, int] | None = None  # (filters, taps, stride); see NetworkConfig
@@ -62,6 +63,7 @@ class TrainConfig:
     cache_dir: str = "cache"
     resume: bool = False
     max_clips: int | None = None  # for smoke tests
+    exclude_words: tuple[str, ...] = ()  # recordings of these words are left out entirely
     threads: int = 1  # torch threads: tiny matrices gain little from more, and suffer under load
     vocabulary: tuple[str, ...] = field(default=DEFAULT_VOCABULARY)
 
@@ -149,6 +151,15 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
             "help": "hidden neurons: spiking (adLIF), analog or binary baselines",
         },
         record="always",
+    ),
+    TrainFlag(
+        "--neuron",
+        "neuron",
+        {
+            "choices": NEURONS,
+            "help": "spiking neuron: adlif (adaptive), or lif: NIR's LIF node exactly (reset "
+            "to 0, no adaptation), which neuromorphic toolchains import as it is",
+        },
     ),
     TrainFlag("--hidden", "hidden", {"type": int, "nargs": "+", "help": "layer sizes"}, "always"),
     TrainFlag(
@@ -264,6 +275,17 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
         "cache_dir",
         {"help": "where spike features (and cached teacher targets) are kept"},
         record="never",
+        features=True,
+    ),
+    TrainFlag(
+        "--exclude-words",
+        "exclude_words",
+        {
+            "nargs": "+",
+            "metavar": "WORD",
+            "help": "leave every recording of these words out (e.g. words held out to "
+            "measure custom-word enrollment, benchmarks/custom_words.py)",
+        },
         features=True,
     ),
     TrainFlag(

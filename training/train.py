@@ -29,6 +29,7 @@ from audio_frontend.cochlea import CochleaConfig
 from models.decoding import log_evidence
 from models.model_file import ModelBundle
 from models.network import Classifier, NetworkConfig
+from training import distributed
 from training.augment import AugmentConfig
 from training.config import DEFAULT_SPEECH_LEVEL_DBFS, TrainConfig
 from training.data import DataError, describe, discover, split_by_speaker
@@ -127,7 +128,10 @@ class SourceFeatures:
 def source_features(config: TrainConfig, spec: FeatureSpec) -> list[SourceFeatures]:
     """Discover, split by speaker and featurise each data source; features are cached
     per source folder."""
-    per_root = [discover(root, config.vocabulary) for root in config.data]
+    per_root = [
+        [c for c in discover(root, config.vocabulary) if c.spoken not in config.exclude_words]
+        for root in config.data
+    ]
     if config.max_clips:
         rng = np.random.default_rng(config.seed)
         keep = config.max_clips / sum(len(clips) for clips in per_root)
@@ -411,8 +415,15 @@ def write_target_cache(path: Path, keys: np.ndarray, targets: np.ndarray) -> Non
 
 
 def train(config: TrainConfig) -> ModelBundle:
-    config, device, summaries, train_set, val_set = _start_run(config)
-    rng = np.random.default_rng(config.seed)
+    """Train a model; under ``torchrun`` (:mod:`training.distributed`) one process of several."""
+    if distributed.active() and config.distill_weight and not config.teachers:
+        raise DataError(
+            "under torchrun, give a trained --teacher (from spikeear train --teacher-only) "
+            "or --distill 0"
+        )
+    with distributed.main_first():  # the first process builds the feature cache
+        config, device, summaries, train_set, val_set = _start_run(config)
+    rng = distributed.augmentation_rng(config.seed)
     out = Path(config.out)
     teacher, teacher_accuracy = None, None
     if config.distill_weight:
@@ -426,13 +437,15 @@ def train(config: TrainConfig) -> ModelBundle:
             teacher.save(out.with_suffix(".teacher.pt"))
     cached_targets = None
     if teacher is not None:
-        cached_targets = cached_teacher_targets(teacher, train_set.rasters, config.cache_dir)
+        with distributed.main_first():
+            cached_targets = cached_teacher_targets(teacher, train_set.rasters, config.cache_dir)
     network = Classifier(
         NetworkConfig(
             n_inputs=config.channels,
             n_classes=len(config.vocabulary),
             hidden=tuple(config.hidden),
             kind=config.kind,
+            neuron=config.neuron,
             input_delays=tuple(config.input_delays),
             input_conv=tuple(config.input_conv) if config.input_conv else None,
             hidden_conv=tuple(config.hidden_conv) if config.hidden_conv else None,
@@ -440,9 +453,10 @@ def train(config: TrainConfig) -> ModelBundle:
             **time_constants(config.bin_ms, config.tau_u_ms, config.tau_w_ms),
         )
     ).to(device)
+    model = distributed.wrap(network)  # the network, or one that averages gradients
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=0.0)
     train_indices = np.flatnonzero(train_set.ok)
-    steps_per_epoch = math.ceil(len(train_indices) / config.batch_size)
+    steps_per_epoch = math.ceil(distributed.share_size(len(train_indices)) / config.batch_size)
     cycle = OneCycle(config.epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cycle)
     checkpoint = out.with_suffix(".ckpt")
@@ -453,11 +467,11 @@ def train(config: TrainConfig) -> ModelBundle:
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        rng.bit_generator.state = saved["rng"]
+        distributed.restore_rng(rng, saved)
         first_epoch, epochs = saved["epoch"] + 1, saved["epochs"]
         cycle.total_steps = epochs * steps_per_epoch
         print(f"resuming after epoch {first_epoch}")
-    elif log_path.exists():
+    elif log_path.exists() and distributed.is_main():
         log_path.unlink()
     run_started = time.time()
     with Progress(*_progress_columns()) as progress:
@@ -469,9 +483,9 @@ def train(config: TrainConfig) -> ModelBundle:
         )
         epoch = first_epoch
         while epoch < epochs:
-            network.train()
+            model.train()
             started = time.time()
-            order = rng.permutation(train_indices)
+            order = distributed.epoch_order(train_indices, rng, epoch, config.seed)
             total_loss, correct, rates = 0.0, 0, []
             for start in range(0, len(order), config.batch_size):
                 indices = order[start : start + config.batch_size]
@@ -480,7 +494,7 @@ def train(config: TrainConfig) -> ModelBundle:
                 targets = None
                 if cached_targets is not None:
                     targets = torch.from_numpy(cached_targets[indices, variants]).to(device)
-                evidence, _, activity = network(x)
+                evidence, _, activity = model(x)
                 loss = student_loss(evidence, y, targets, config)
                 if config.kind == "spiking":
                     loss = loss + RATE_WEIGHT * rate_penalty(activity)
@@ -498,19 +512,31 @@ def train(config: TrainConfig) -> ModelBundle:
                 # The first epoch's pace decides how many fit; the schedule stretches to match.
                 per_epoch = time.time() - run_started
                 epochs = epochs_within(config.time_budget_s, per_epoch, epoch + 1, epochs)
+                epochs = distributed.agree(epochs)  # processes must take the same steps
                 cycle.total_steps = epochs * steps_per_epoch
                 progress.update(task, total=epochs * steps_per_epoch)
+            total_loss, correct, seen = distributed.sum_over_processes(
+                total_loss, correct, len(order)
+            )
+            rng_state = distributed.rng_states(rng)
+            distributed.average_buffers(network)
+            weights = distributed.gather(weights_digest(network))
+            if not distributed.is_main():  # the first process alone validates and writes
+                epoch += 1
+                continue
             probabilities, _ = run_network(network, val_set.rasters[:, 0])
             val_accuracy = _accuracy(log_evidence(probabilities).sum(1), val_set)
             record = {
                 "epoch": epoch + 1,
-                "loss": total_loss / len(order),
-                "train_accuracy": correct / len(order),
+                "loss": total_loss / seen,
+                "train_accuracy": correct / seen,
                 "val_accuracy": val_accuracy,
                 "firing_rates": np.mean(rates, axis=0).round(4).tolist(),
                 "lr": schedule.get_last_lr()[0],
                 "seconds": round(time.time() - started, 1),
             }
+            if distributed.active():
+                record["weights_sha1_per_process"] = weights
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
             progress.console.print(
@@ -523,7 +549,7 @@ def train(config: TrainConfig) -> ModelBundle:
                     "network": network.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
-                    "rng": rng.bit_generator.state,
+                    **rng_state,
                     "epoch": epoch,
                     "epochs": epochs,
                 },
@@ -533,7 +559,10 @@ def train(config: TrainConfig) -> ModelBundle:
     network.cpu().eval()
     training = {k: v for k, v in asdict(config).items() if k not in ("resume", "cache_dir")}
     training.update(
-        device=str(device), epochs=epochs, teachers=[Path(t).name for t in config.teachers]
+        device=str(device),
+        epochs=epochs,
+        teachers=[Path(t).name for t in config.teachers],
+        **distributed.card_fields(config.batch_size),
     )
     if teacher_accuracy is not None:
         training["teacher_validation_accuracy"] = round(teacher_accuracy, 4)
@@ -548,5 +577,6 @@ def train(config: TrainConfig) -> ModelBundle:
     bundle = ModelBundle(
         network, CochleaConfig(channels=config.channels), config.vocabulary, config.bin_ms, card
     )
-    bundle.save(out)
+    if distributed.is_main():
+        bundle.save(out)
     return bundle

@@ -138,6 +138,7 @@ async def _transcribe(
                 return _error(413, too_long, request, "http_413")
             blocks = at_most(blocks, int(max_audio_s * sample_rate))
         started = time.perf_counter()
+        services.words.refresh()  # words another worker process enrolled
         recognizer = services.scheduler.recognizer
         try:
             transcript = await asyncio.get_running_loop().run_in_executor(

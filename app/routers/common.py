@@ -23,7 +23,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012  # the server is shutting down (after the stream's last words)
-SHUTDOWN_REASON = "server shutting down"
+SHUTDOWN_REASON = "server shutting down; reconnect"  # through a balancer: to another replica
 SPIKE_RECORD = np.dtype([("time_us", "<u4"), ("channel", "<u2")])
 
 

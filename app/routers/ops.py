@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -12,14 +12,24 @@ router = APIRouter()
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-@router.get("/health")
-async def health(request: Request) -> dict:
+DRAINING = 503  # not ready: a readiness probe or a balancer's check sends no more streams here
+
+
+@router.get(
+    "/health",
+    responses={DRAINING: {"description": 'Shutting down ("status": "draining"): not ready'}},
+)
+async def health(request: Request, response: Response) -> dict:
     services = request.app.state.services
-    return {
+    body = {
         "status": "ok",
         "model": services.bundle.card.get("name", "spikeear"),
         "active_streams": len(services.scheduler.sessions),
     }
+    if services.streams.shutting_down:
+        response.status_code = DRAINING
+        body["status"] = "draining"
+    return body
 
 
 @router.get("/v1/models")
@@ -31,6 +41,7 @@ async def models(request: Request) -> dict:
             {
                 "name": card.get("name", "spikeear"),
                 "vocabulary": list(bundle.vocabulary),
+                "custom_words": list(request.app.state.services.words.words.names),
                 "sample_rate": bundle.frontend.sample_rate,
                 "input_channels": bundle.frontend.channels,
                 "bin_ms": bundle.bin_ms,

@@ -174,7 +174,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
                 if "config" in control:
                     if session is not None:
                         raise ProtocolError(CLOSE_POLICY, "config must come before any audio")
-                    config = read_config(control, recognizer.vocabulary, recognizer.n_channels)
+                    config = read_config(control, recognizer.known_words, recognizer.n_channels)
                     continue
                 if "eof" in control:
                     if session is None:
@@ -241,8 +241,9 @@ def chunk_end_s(config: StreamConfig, data: bytes, start_s: float) -> float:
 
 def _open(services, websocket: WebSocket, config: StreamConfig) -> tuple[Session, asyncio.Task]:
     recognizer = services.scheduler.recognizer
+    services.words.refresh()  # words another worker process enrolled
     session = services.scheduler.open(
-        stream_options(config, recognizer.vocabulary, recognizer.n_channels)
+        stream_options(config, recognizer.known_words, recognizer.n_channels)
     )
     reporter = ActivityReporter(recognizer.bin_s) if config.activity else None
     sender = asyncio.create_task(send_events(websocket, session, config.partials, reporter))

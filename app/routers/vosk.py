@@ -76,7 +76,8 @@ class VoskSession:
 
     def _ensure(self) -> Session:
         if self.session is None:
-            vocabulary = self.services.scheduler.recognizer.vocabulary
+            self.services.words.refresh()  # words another worker process enrolled
+            vocabulary = self.services.scheduler.recognizer.known_words
             words = None
             if self.config.phrase_list:
                 phrases = {w for phrase in self.config.phrase_list for w in phrase.lower().split()}

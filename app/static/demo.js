@@ -10,6 +10,10 @@
 // A server started with --api-key answers /v1/models with 401: the page then asks for a
 // key, keeps it for this tab (sessionStorage), sends it as X-API-Key and, since a
 // browser cannot set headers on a WebSocket, as ?api_key= on /v1/stream.
+//
+// "Add a word" records three takes of a new word from the microphone (the same worklet),
+// encodes each as 16-bit PCM WAV and posts them to /v1/words; custom words are listed
+// (GET /v1/words), removable (DELETE /v1/words/{word}) and recognised like built-in ones.
 "use strict";
 
 (() => {
@@ -22,6 +26,8 @@
   const BACKGROUND = "#0b0e17";
   const LABELS = { _unknown_: "unknown", _silence_: "silence" };
   const KEY_STORAGE = "spikeear-api-key";
+  const TAKE_SECONDS = 1.5; // one take of a new word
+  const TAKES = 3; // takes per enrolled word
 
   const ui = {
     body: document.body,
@@ -41,9 +47,20 @@
     keyForm: $("key-form"),
     keyInput: $("api-key"),
     keyError: $("key-error"),
+    wordForm: $("word-form"),
+    wordInput: $("word-input"),
+    record: $("record"),
+    takeCountdown: $("take-countdown"),
+    takeLevel: $("take-level"),
+    takes: $("takes"),
+    enroll: $("enroll"),
+    wordMessage: $("word-message"),
+    customWords: $("custom-words"),
   };
 
-  const model = { vocabulary: [], channels: 64, binMs: 10, name: "" };
+  // customWords: [{word, examples}] from GET /v1/words (examples null until it answers)
+  const model = { vocabulary: [], customWords: [], channels: 64, binMs: 10, name: "" };
+  const adding = { takes: [], recording: null, posting: false }; // the "Add a word" panel
   let session = null; // the running microphone session
   let inputRaster = null;
   let outputRaster = null;
@@ -263,37 +280,33 @@
     return out;
   }
 
-  function showLevel(frame) {
+  function showLevel(meter, frame) {
     let sum = 0;
     for (let i = 0; i < frame.length; i++) {
       sum += frame[i] * frame[i];
     }
     const rms = Math.sqrt(sum / Math.max(1, frame.length));
     const db = 20 * Math.log10(rms + 1e-9); // dBFS
-    ui.level.style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
+    meter.style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
   }
 
-  async function start() {
-    if (keyNeeded) {
-      askForKey(ui.keyError.textContent);
-      return;
-    }
+  // Why this browser cannot capture the microphone, or "" when it can.
+  function microphoneProblem() {
     if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      setState(
-        "error",
-        "The microphone needs a secure page: open this demo via http://localhost or https://.",
-      );
-      return;
+      return "The microphone needs a secure page: open this demo via http://localhost or https://.";
     }
     if (!window.AudioWorkletNode) {
-      setState("error", "This browser has no AudioWorklet support.");
-      return;
+      return "This browser has no AudioWorklet support.";
     }
-    const current = { ws: null, context: null, media: null, node: null, error: null };
-    session = current;
-    setState("connecting", "Asking for the microphone…");
+    return "";
+  }
+
+  // Open the microphone and load the capture worklet into `capture` (closed again by
+  // teardownAudio); sets capture.rate, the rate of the frames startCapture delivers.
+  // Fails with an Error whose message is for the user.
+  async function openMicrophone(capture) {
     try {
-      current.media = await navigator.mediaDevices.getUserMedia({
+      capture.media = await navigator.mediaDevices.getUserMedia({
         audio: {
           channelCount: 1,
           echoCancellation: false,
@@ -301,36 +314,72 @@
           autoGainControl: false,
         },
       });
-      current.context = new AudioContext({ latencyHint: "interactive" });
-      await current.context.audioWorklet.addModule("/static/audio-worklet.js");
-      if (current.context.state === "suspended") {
-        await current.context.resume();
+      capture.context = new AudioContext({ latencyHint: "interactive" });
+      await capture.context.audioWorklet.addModule("/static/audio-worklet.js");
+      if (capture.context.state === "suspended") {
+        await capture.context.resume();
       }
     } catch (error) {
-      teardownAudio(current);
-      session = null;
-      const reason =
+      teardownAudio(capture);
+      throw new Error(
         error && error.name === "NotAllowedError"
           ? "Microphone permission was denied."
           : error && error.name === "NotFoundError"
             ? "No microphone found."
-            : `Could not start the microphone: ${error && error.message ? error.message : error}`;
-      setState("error", reason);
+            : `Could not start the microphone: ${error && error.message ? error.message : error}`,
+      );
+    }
+    const rate = capture.context.sampleRate;
+    capture.factor = decimationFor(rate);
+    capture.rate = Math.round(rate / capture.factor);
+    if (capture.rate < MIN_RATE) {
+      teardownAudio(capture);
+      throw new Error(`Unsupported audio rate ${rate} Hz.`);
+    }
+  }
+
+  // Run the worklet: onFrame(Float32Array) every CHUNK_MS, mono at capture.rate.
+  function startCapture(capture, onFrame) {
+    const source = capture.context.createMediaStreamSource(capture.media);
+    const node = new AudioWorkletNode(capture.context, "spikeear-capture", {
+      numberOfInputs: 1,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+      processorOptions: { chunkMs: CHUNK_MS },
+    });
+    capture.node = node;
+    node.port.onmessage = (event) => onFrame(decimate(event.data, capture.factor));
+    const mute = capture.context.createGain();
+    mute.gain.value = 0; // the worklet must reach the destination to be pulled; stay silent
+    source.connect(node).connect(mute).connect(capture.context.destination);
+    capture.source = source;
+  }
+
+  async function start() {
+    if (keyNeeded) {
+      askForKey(ui.keyError.textContent);
+      return;
+    }
+    const problem = microphoneProblem();
+    if (problem) {
+      setState("error", problem);
+      return;
+    }
+    const current = { ws: null, context: null, media: null, node: null, error: null };
+    session = current;
+    setState("connecting", "Asking for the microphone…");
+    try {
+      await openMicrophone(current);
+    } catch (error) {
+      session = null;
+      setState("error", error.message);
       return;
     }
     if (session !== current) {
       teardownAudio(current); // stopped while we were waiting for permission
       return;
     }
-    const rate = current.context.sampleRate;
-    const factor = decimationFor(rate);
-    const sendRate = Math.round(rate / factor);
-    if (sendRate < MIN_RATE) {
-      teardownAudio(current);
-      session = null;
-      setState("error", `Unsupported audio rate ${rate} Hz.`);
-      return;
-    }
+    const sendRate = current.rate;
 
     const pending = [];
     const ws = new WebSocket(streamUrl());
@@ -386,27 +435,14 @@
       ui.level.style.width = "0";
     };
 
-    const source = current.context.createMediaStreamSource(current.media);
-    const node = new AudioWorkletNode(current.context, "spikeear-capture", {
-      numberOfInputs: 1,
-      numberOfOutputs: 1,
-      outputChannelCount: [1],
-      processorOptions: { chunkMs: CHUNK_MS },
-    });
-    current.node = node;
-    node.port.onmessage = (event) => {
-      const frame = decimate(event.data, factor);
-      showLevel(frame);
+    startCapture(current, (frame) => {
+      showLevel(ui.level, frame);
       if (ws.readyState === WebSocket.OPEN) {
         ws.send(frame.buffer);
       } else if (ws.readyState === WebSocket.CONNECTING) {
         pending.push(frame.buffer);
       }
-    };
-    const mute = current.context.createGain();
-    mute.gain.value = 0; // the worklet must reach the destination to be pulled; stay silent
-    source.connect(node).connect(mute).connect(current.context.destination);
-    current.source = source;
+    });
   }
 
   function teardownAudio(current) {
@@ -475,20 +511,275 @@
       model.binMs = info.bin_ms;
       model.name = info.name;
       ui.modelName.textContent = `model ${info.name} · ${info.parameters.toLocaleString()} parameters`;
-      ui.vocabulary.replaceChildren(
-        ...info.vocabulary
-          .filter((word) => !(word in LABELS))
-          .map((word) => {
-            const chip = document.createElement("span");
-            chip.textContent = word;
-            chip.dataset.word = word;
-            return chip;
-          }),
-      );
+      model.customWords = (info.custom_words || []).map((word) => ({ word, examples: null }));
+      showVocabulary();
+      showCustomWords();
+      refreshWords();
     } catch (error) {
       ui.modelName.textContent = "model information unavailable";
     }
     buildRasters();
+  }
+
+  // The words the page knows: the model's, then the custom ones (marked).
+  function showVocabulary() {
+    const chip = (word, custom) => {
+      const element = document.createElement("span");
+      element.textContent = word;
+      element.dataset.word = word;
+      if (custom) {
+        element.className = "custom";
+        element.title = "custom word";
+        const note = document.createElement("span");
+        note.className = "visually-hidden";
+        note.textContent = " (custom word)";
+        element.append(note);
+      }
+      return element;
+    };
+    ui.vocabulary.replaceChildren(
+      ...model.vocabulary.filter((word) => !(word in LABELS)).map((word) => chip(word, false)),
+      ...model.customWords.map(({ word }) => chip(word, true)),
+    );
+  }
+
+  // ----- "Add a word": takes, enrollment, the custom word list ------------------------------
+  function keyHeaders() {
+    return apiKey ? { "X-API-Key": apiKey } : {};
+  }
+
+  function wordMessage(text, error) {
+    ui.wordMessage.textContent = text;
+    ui.wordMessage.dataset.kind = error ? "error" : "info";
+  }
+
+  // The server's {"error": ...} message of a refused request, else its status.
+  async function refusal(response) {
+    try {
+      const body = await response.json();
+      if (body && typeof body.error === "string") {
+        return body.error;
+      }
+    } catch {
+      // not JSON
+    }
+    return `The server refused it (HTTP ${response.status}).`;
+  }
+
+  async function refreshWords() {
+    try {
+      const response = await fetch("/v1/words", { headers: keyHeaders() });
+      const words = response.status === 200 ? (await response.json()).words : null;
+      if (!Array.isArray(words)) {
+        return;
+      }
+      model.customWords = words.map(({ word, examples }) => ({ word, examples }));
+    } catch {
+      return; // the list keeps what /v1/models said
+    }
+    showVocabulary();
+    showCustomWords();
+  }
+
+  function showCustomWords() {
+    ui.customWords.replaceChildren(
+      ...model.customWords.map(({ word, examples }) => {
+        const item = document.createElement("li");
+        item.dataset.word = word;
+        const name = document.createElement("span");
+        name.className = "word";
+        name.textContent = word;
+        item.append(name);
+        if (examples) {
+          const meta = document.createElement("span");
+          meta.className = "meta";
+          meta.textContent = `${examples} example${examples === 1 ? "" : "s"}`;
+          item.append(meta);
+        }
+        const remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "link";
+        remove.textContent = "remove";
+        remove.setAttribute("aria-label", `Remove the word ${word}`);
+        remove.addEventListener("click", () => removeWord(word));
+        item.append(remove);
+        return item;
+      }),
+    );
+  }
+
+  async function removeWord(word) {
+    try {
+      const response = await fetch(`/v1/words/${encodeURIComponent(word)}`, {
+        method: "DELETE",
+        headers: keyHeaders(),
+      });
+      if (response.status === 204 || response.status === 404) {
+        wordMessage(`“${word}” removed.`);
+      } else {
+        wordMessage(await refusal(response), true);
+      }
+    } catch (error) {
+      wordMessage(`Could not reach the server: ${error.message}`, true);
+    }
+    await refreshWords();
+    ui.wordInput.focus();
+  }
+
+  // Mono samples in [-1, 1] as a 16-bit PCM WAV file.
+  function wavBlob(samples, rate) {
+    const view = new DataView(new ArrayBuffer(44 + samples.length * 2));
+    const ascii = (offset, text) => {
+      for (let i = 0; i < text.length; i++) {
+        view.setUint8(offset + i, text.charCodeAt(i));
+      }
+    };
+    ascii(0, "RIFF");
+    view.setUint32(4, 36 + samples.length * 2, true);
+    ascii(8, "WAVE");
+    ascii(12, "fmt ");
+    view.setUint32(16, 16, true); // format chunk size
+    view.setUint16(20, 1, true); // PCM
+    view.setUint16(22, 1, true); // mono
+    view.setUint32(24, rate, true);
+    view.setUint32(28, rate * 2, true); // bytes per second
+    view.setUint16(32, 2, true); // bytes per frame
+    view.setUint16(34, 16, true); // bits per sample
+    ascii(36, "data");
+    view.setUint32(40, samples.length * 2, true);
+    for (let i = 0; i < samples.length; i++) {
+      const s = Math.max(-1, Math.min(1, samples[i]));
+      view.setInt16(44 + i * 2, Math.round(s < 0 ? s * 0x8000 : s * 0x7fff), true);
+    }
+    return new Blob([view.buffer], { type: "audio/wav" });
+  }
+
+  function showTakes() {
+    const count = adding.takes.length;
+    ui.takes.replaceChildren(
+      ...adding.takes.map((take, index) => {
+        const item = document.createElement("li");
+        const name = document.createElement("span");
+        name.textContent = `Take ${index + 1}`;
+        const play = document.createElement("button");
+        play.type = "button";
+        play.className = "link";
+        play.textContent = "play";
+        play.setAttribute("aria-label", `Play take ${index + 1}`);
+        play.addEventListener("click", () => new Audio(take.url).play().catch(() => {}));
+        const remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "link";
+        remove.textContent = "remove";
+        remove.setAttribute("aria-label", `Remove take ${index + 1}`);
+        remove.addEventListener("click", () => {
+          URL.revokeObjectURL(take.url);
+          adding.takes.splice(adding.takes.indexOf(take), 1);
+          showTakes();
+          ui.record.focus();
+        });
+        item.append(name, play, remove);
+        return item;
+      }),
+    );
+    ui.takes.dataset.count = String(count);
+    const busy = Boolean(adding.recording) || adding.posting;
+    ui.record.disabled = busy || count >= TAKES;
+    ui.record.textContent =
+      count >= TAKES ? `${TAKES} takes recorded` : `Record take ${count + 1} of ${TAKES}`;
+    ui.enroll.disabled = busy || count !== TAKES || !ui.wordInput.value.trim();
+  }
+
+  async function recordTake() {
+    if (adding.recording || adding.takes.length >= TAKES) {
+      return;
+    }
+    const problem = microphoneProblem();
+    if (problem) {
+      wordMessage(problem, true);
+      return;
+    }
+    const capture = { context: null, media: null, source: null, node: null };
+    adding.recording = capture;
+    wordMessage("");
+    ui.takeCountdown.textContent = "Asking for the microphone…";
+    showTakes();
+    try {
+      await openMicrophone(capture);
+      const total = Math.round(TAKE_SECONDS * capture.rate);
+      const samples = new Float32Array(total);
+      let filled = 0;
+      ui.takeCountdown.textContent = `Say the word now… ${TAKE_SECONDS.toFixed(1)} s`;
+      await new Promise((resolve) => {
+        const watchdog = setTimeout(resolve, TAKE_SECONDS * 1000 + 3000); // a stalled device
+        startCapture(capture, (frame) => {
+          const used = Math.min(frame.length, total - filled);
+          samples.set(frame.subarray(0, used), filled);
+          filled += used;
+          showLevel(ui.takeLevel, frame);
+          const left = (total - filled) / capture.rate;
+          ui.takeCountdown.textContent = `Say the word now… ${left.toFixed(1)} s`;
+          if (filled >= total) {
+            clearTimeout(watchdog);
+            resolve();
+          }
+        });
+      });
+      if (filled < total / 2) {
+        throw new Error("The microphone delivered no audio.");
+      }
+      const wav = wavBlob(samples.subarray(0, filled), capture.rate);
+      adding.takes.push({ wav, url: URL.createObjectURL(wav) });
+      ui.takeCountdown.textContent = `Take ${adding.takes.length} recorded.`;
+    } catch (error) {
+      ui.takeCountdown.textContent = "";
+      wordMessage(error.message, true);
+    } finally {
+      teardownAudio(capture);
+      adding.recording = null;
+      ui.takeLevel.style.width = "0";
+      showTakes();
+    }
+    if (ui.record.disabled) {
+      (ui.enroll.disabled ? ui.wordInput : ui.enroll).focus();
+    }
+  }
+
+  async function enrollWord() {
+    const word = ui.wordInput.value.trim();
+    if (!word || adding.takes.length !== TAKES || adding.recording || adding.posting) {
+      return;
+    }
+    const form = new FormData();
+    form.append("word", word);
+    adding.takes.forEach((take, index) => form.append("files", take.wav, `take${index + 1}.wav`));
+    adding.posting = true;
+    showTakes();
+    wordMessage(`Enrolling “${word}”…`);
+    try {
+      const response = await fetch("/v1/words", {
+        method: "POST",
+        headers: keyHeaders(),
+        body: form,
+      });
+      if (response.status !== 201) {
+        wordMessage(await refusal(response), true);
+        return;
+      }
+      const enrolled = await response.json();
+      adding.takes.forEach((take) => URL.revokeObjectURL(take.url));
+      adding.takes = [];
+      ui.wordInput.value = "";
+      ui.takeCountdown.textContent = "";
+      wordMessage(`“${enrolled.word}” learned from ${enrolled.examples} takes: say it now.`);
+      ui.wordInput.focus();
+      await refreshWords();
+    } catch (error) {
+      wordMessage(`Could not reach the server: ${error.message}`, true);
+    } finally {
+      adding.posting = false;
+      showTakes();
+    }
   }
 
   ui.keyForm.addEventListener("submit", (event) => {
@@ -505,6 +796,12 @@
       start();
     }
   });
+  ui.record.addEventListener("click", recordTake);
+  ui.wordInput.addEventListener("input", showTakes);
+  ui.wordForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    enrollWord();
+  });
   ui.clear.addEventListener("click", () => {
     ui.transcript.replaceChildren();
     ui.transcript.dataset.count = "0";
@@ -515,5 +812,6 @@
       outputRaster.resize();
     }
   });
+  showTakes();
   loadModel();
 })();
