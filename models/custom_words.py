@@ -97,7 +97,8 @@ class EnrollmentSpace:
             len(within)
         )
         values, vectors = np.linalg.eigh(within)
-        whitening = (vectors / np.sqrt(values)) @ vectors.T
+        # Rounded as the model file stores it, so that a fitted space equals a loaded one.
+        whitening = ((vectors / np.sqrt(values)) @ vectors.T).astype(np.float16)
         space = cls(layers, centre.astype(np.float32), whitening.astype(np.float32), np.empty(0))
         negatives = space.embed(rates[negative].astype(np.float32)).astype(np.float32)
         return cls(layers, space.centre, space.whitening, negatives)

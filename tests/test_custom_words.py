@@ -20,7 +20,14 @@ from app.server import create_app
 from app.settings import Settings
 from app.words import Recording, WordExistsError, WordSet
 from audio_frontend.audio_io import load_audio
-from models.custom_words import CustomWordError, CustomWords, check_word, load_word_set
+from models.custom_words import (
+    CustomWord,
+    CustomWordError,
+    CustomWords,
+    EnrollmentSpace,
+    check_word,
+    load_word_set,
+)
 from models.model_file import load_model
 from models.recognizer import Recognizer, StreamOptions
 from tests.conftest import FIXTURES, fixture_path
@@ -28,7 +35,7 @@ from tests.conftest import FIXTURES, fixture_path
 WORDS_DIR = FIXTURES / "custom_words"
 ENROLL = sorted(WORDS_DIR.glob("marvin_*.wav"))[:3]
 HELD_BACK = sorted(WORDS_DIR.glob("marvin_*.wav"))[3]  # another speaker's "marvin"
-OTHER_WORD = next(WORDS_DIR.glob("bed_*.wav"))
+OTHER_WORD = WORDS_DIR / "bed_4c7c95de_nohash_0.wav"
 
 
 def recordings(paths: list[Path]) -> list[Recording]:
@@ -61,6 +68,21 @@ def enrolled(recognizer) -> Recognizer:
 def test_a_word_that_cannot_be_one_is_refused(word):
     with pytest.raises(CustomWordError, match="cannot be a word"):
         check_word(word)
+
+
+def test_a_fitted_space_matches_a_word_and_refuses_others_and_survives_the_file():
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0.0, 1.0, (3, 16))
+    labels = np.repeat(["a", "b", "new"], 40)
+    rates = np.concatenate([c + rng.normal(0, 0.02, (40, 16)) for c in centres]) ** 2
+    space = EnrollmentSpace.fit(rates, labels, labels != "new", (1, 2))
+    assert len(space.negatives) == 80
+    enrolled = CustomWords(space, (CustomWord.enroll(space, "new", rates[80:83], ()),))
+    assert enrolled.match(centres[2] ** 2, None).word == "new"
+    assert enrolled.match(centres[0] ** 2, None) is None
+    assert enrolled.takes_over("a", 0.9, centres[2] ** 2, None) is None  # a sure built-in word
+    loaded = EnrollmentSpace.from_dict(space.to_dict())
+    assert loaded.fingerprint == space.fingerprint
 
 
 def test_words_are_stored_in_lower_case():

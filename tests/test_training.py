@@ -546,7 +546,9 @@ def test_the_bundled_models_training_command_parses_back_into_its_settings():
     parsed = _recorded_fields(_parsed(command), from_pack=True)
     recorded = {**training, "features": Path(training["features"]).name}  # named, not placed
     for key, value in parsed.items():
-        assert _as_tuple(value) == _as_tuple(recorded[key]), key
+        # a setting newer than the card: the card's run had its default
+        expected = recorded[key] if key in recorded else getattr(TrainConfig, key)
+        assert _as_tuple(value) == _as_tuple(expected), key
     assert features_command(training) == (
         "spikeear features --speech-level-dbfs -45 -12 --bin-ms 10 --data ..."
     )
