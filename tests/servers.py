@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import psutil
+import pytest
 import uvicorn
 
 from app.transport import websocket_options
@@ -34,6 +35,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def stream_until_a_partial(ws, audio, pace_s: float = 0.05) -> None:
+    """Send ``audio`` (int16) over an open ``/v1/stream`` connection in 0.1 s chunks, one
+    every ``pace_s``, until the word's first partial arrives (a stream mid-word)."""
+    for start in range(0, len(audio), 1600):
+        ws.send(audio[start : start + 1600].tobytes())
+        time.sleep(pace_s)
+        try:
+            if json.loads(ws.recv(timeout=0.05))["type"] == "partial":
+                return
+        except TimeoutError:
+            pass
+    pytest.fail("no partial before the end of the word's audio")
 
 
 def speak(ws, audio, chunk: int = 1600, timeout: float = 30.0) -> list[dict]:

@@ -17,7 +17,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import yaml
@@ -31,7 +30,7 @@ from app.settings import Settings
 from app.shutdown import GracefulServer
 from benchmarks.replicas import nginx_binary, nginx_site, write_nginx_config
 from tests.conftest import RANKING, TEST_SETTINGS, fixture_path
-from tests.servers import in_thread, serve_config
+from tests.servers import in_thread, serve_config, stream_until_a_partial
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 MANIFESTS = [*sorted(DEPLOY.glob("k8s/*.yaml")), DEPLOY / "hpa-active-streams.yaml"]
@@ -226,18 +225,6 @@ def read_until_closed(ws: ClientConnection) -> tuple[list[dict], ConnectionClose
         return messages, closed
 
 
-def stream_until_a_partial(ws: ClientConnection, audio: np.ndarray) -> None:
-    for start in range(0, len(audio), 1600):
-        ws.send(audio[start : start + 1600].tobytes())
-        time.sleep(0.02)
-        try:
-            if json.loads(ws.recv(timeout=0.05))["type"] == "partial":
-                return
-        except TimeoutError:
-            pass
-    pytest.fail("no partial before the end of the word's audio")
-
-
 def test_on_sigterm_health_turns_503_new_streams_get_1012_and_open_ones_finish_their_word(
     controlled_model,
 ):
@@ -251,7 +238,7 @@ def test_on_sigterm_health_turns_503_new_streams_get_1012_and_open_ones_finish_t
         url = f"ws://127.0.0.1:{port}"
         assert health(port)[0] == 200
         with connect(f"{url}/v1/stream") as open_stream:
-            stream_until_a_partial(open_stream, audio)
+            stream_until_a_partial(open_stream, audio, pace_s=0.02)
             # A stream that has not finished yet keeps the drain going while it is probed.
             unfinished = streams.register()
             try:

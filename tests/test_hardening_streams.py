@@ -31,7 +31,13 @@ from app.shutdown import GracefulServer
 from audio_frontend.events import SpikeBinner, SpikeEvents
 from models.recognizer import MAX_SPIKE_LOOKAHEAD_S, Recognizer, StreamOptions
 from tests.conftest import RANKING, TEST_SETTINGS, fixture_path
-from tests.servers import ServerProcess, free_port, in_thread, serve_config
+from tests.servers import (
+    ServerProcess,
+    free_port,
+    in_thread,
+    serve_config,
+    stream_until_a_partial,
+)
 
 LEADER = RANKING[0]
 WAIT_S = 5.0  # how long a test waits for the server to notice something
@@ -258,19 +264,6 @@ def test_an_oversized_message_gets_an_error_message_before_1009(live):
 
 
 # ----- 9: SIGTERM mid-word, through `spikeear serve` ---------------------------------------
-def _mid_word_stream(ws: ClientConnection, audio: np.ndarray) -> None:
-    """Send audio at about real time until the word's first partial arrives."""
-    for start in range(0, len(audio), 1600):
-        ws.send(audio[start : start + 1600].tobytes())
-        time.sleep(0.05)
-        try:
-            if json.loads(ws.recv(timeout=0.05))["type"] == "partial":
-                return
-        except TimeoutError:
-            pass
-    pytest.fail("no partial before the end of the word's audio")
-
-
 def _mid_word_vosk(ws: ClientConnection, audio: np.ndarray) -> None:
     for start in range(0, len(audio), 1600):
         ws.send(audio[start : start + 1600].tobytes())
@@ -299,7 +292,7 @@ def test_sigterm_mid_word_sends_the_final_then_closes_with_1012(controlled_model
 
         word = pcm("yes")
         with connect(f"{url}/v1/stream") as stream, connect(f"{url}/vosk") as vosk:
-            _mid_word_stream(stream, word)
+            stream_until_a_partial(stream, word)
             _mid_word_vosk(vosk, word)
             started = time.monotonic()
             server.process.send_signal(signal.SIGTERM)

@@ -7,6 +7,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from typing import IO
 
 import numpy as np
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -53,6 +54,19 @@ def at_most(blocks: Iterable[np.ndarray], max_samples: int) -> Iterator[np.ndarr
         if total > max_samples:
             raise AudioTooLong(f"more than {max_samples} samples")
         yield block
+
+
+async def spool_upload(upload: UploadFile, spool: IO[bytes], limit: int) -> int | None:
+    """Copy an upload into ``spool`` in blocks: its size, or None once it passes ``limit``
+    bytes (the rest is never read)."""
+    size = 0
+    while block := await upload.read(COPY_BLOCK):
+        size += len(block)
+        if size > limit:
+            return None
+        spool.write(block)
+    spool.flush()
+    return size
 
 
 def _error(status: int, message: str, request: Request, kind: str) -> JSONResponse:
@@ -114,16 +128,10 @@ async def _transcribe(
     # Uploaded names never reach the file system: "/", a NUL byte or 250 characters
     # in one made the spool file's path fail (500).
     with tempfile.NamedTemporaryFile(suffix=spool_suffix(file.filename)) as spool:
-        size = 0
-        while block := await file.read(COPY_BLOCK):
-            size += len(block)
-            if size > limit:
-                services.metrics.limit_hits.labels("max_upload_bytes").inc()
-                return _error(
-                    413, f"upload exceeds the limit of {limit} bytes", request, "http_413"
-                )
-            spool.write(block)
-        spool.flush()
+        size = await spool_upload(file, spool, limit)
+        if size is None:
+            services.metrics.limit_hits.labels("max_upload_bytes").inc()
+            return _error(413, f"upload exceeds the limit of {limit} bytes", request, "http_413")
         if size == 0:
             return _error(400, "the uploaded file is empty", request, "http_400")
         try:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.routers.batch import COPY_BLOCK, shown_name, spool_suffix
+from app.routers.batch import shown_name, spool_suffix, spool_upload
 from app.schemas import ErrorBody
 from app.words import Recording, WordExistsError, synthesized, word_summary
 from audio_frontend.audio_io import AudioError, load_audio
@@ -83,13 +83,8 @@ async def enroll_word(
     for upload in files:
         name = shown_name(upload.filename)
         with tempfile.NamedTemporaryFile(suffix=spool_suffix(upload.filename)) as spool:
-            size = 0
-            while block := await upload.read(COPY_BLOCK):
-                size += len(block)
-                if size > MAX_RECORDING_BYTES:
-                    return _error(request, 413, f"{name}: larger than {MAX_RECORDING_BYTES} bytes")
-                spool.write(block)
-            spool.flush()
+            if await spool_upload(upload, spool, MAX_RECORDING_BYTES) is None:
+                return _error(request, 413, f"{name}: larger than {MAX_RECORDING_BYTES} bytes")
             try:
                 audio, sample_rate = load_audio(spool.name)
             except AudioError as error:
