@@ -270,3 +270,22 @@ def test_on_sigterm_health_turns_503_new_streams_get_1012_and_open_ones_finish_t
                 time.sleep(0.05)
             else:
                 pytest.fail("the server did not finish its shutdown after the drain")
+
+
+def test_uploads_and_enrollments_are_refused_with_503_while_the_server_drains(
+    controlled_model, tmp_path
+):
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import fixture_path
+
+    clip = fixture_path("yes")
+    with TestClient(create_app(Settings(), controlled_model)) as client:
+        client.app.state.services.streams.shutting_down = True  # as SIGTERM sets it
+        upload = {"file": (clip.name, clip.read_bytes(), "audio/wav")}
+        for answer in (
+            client.post("/v1/transcribe", files=upload),
+            client.post("/v1/words", data={"word": "lights", "synthesize": "true"}),
+        ):
+            assert answer.status_code == 503 and "shutting down" in answer.json()["error"]
+            assert answer.headers["Retry-After"]

@@ -69,6 +69,13 @@ async def spool_upload(upload: UploadFile, spool: IO[bytes], limit: int) -> int 
     return size
 
 
+def draining(request: Request) -> JSONResponse:
+    """503 for new work while the server drains (SIGTERM): another replica should take it."""
+    response = _error(503, "the server is shutting down; try another", request, "http_503")
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def _error(status: int, message: str, request: Request, kind: str) -> JSONResponse:
     request.app.state.services.metrics.errors.labels(kind).inc()
     return JSONResponse({"error": message}, status_code=status)
@@ -84,8 +91,8 @@ def _error(status: int, message: str, request: Request, kind: str) -> JSONRespon
         422: {"model": ErrorBody},
         503: {
             "model": ErrorBody,
-            "description": "as many uploads as the server takes at a time are running; "
-            "try again after Retry-After seconds",
+            "description": "as many uploads as the server takes at a time are running, or "
+            "the server is shutting down; try again after Retry-After seconds",
         },
     },
 )
@@ -101,6 +108,8 @@ async def transcribe(
 ) -> JSONResponse:
     """Upload wav, flac or ogg (mp3 where libsndfile decodes it) as the multipart field ``file``."""
     services = request.app.state.services
+    if services.streams.shutting_down:  # draining: the balancer should send it elsewhere
+        return draining(request)
     if not services.batch_slots.acquire():
         services.metrics.limit_hits.labels("max_batch_jobs").inc()
         response = _error(

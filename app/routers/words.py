@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.routers.batch import shown_name, spool_suffix, spool_upload
+from app.routers.batch import draining, shown_name, spool_suffix, spool_upload
 from app.schemas import ErrorBody
 from app.words import Recording, WordExistsError, synthesized, word_summary
 from audio_frontend.audio_io import AudioError, load_audio
@@ -54,6 +54,7 @@ async def list_words(request: Request) -> dict:
         409: {"model": ErrorBody, "description": "already enrolled, or a built-in word"},
         413: {"model": ErrorBody},
         415: {"model": ErrorBody},
+        503: {"model": ErrorBody, "description": "the server is shutting down"},
     },
 )
 async def enroll_word(
@@ -67,6 +68,8 @@ async def enroll_word(
     """Enroll a custom word from 3-10 recordings (wav, flac or ogg; one word and at most
     5 s each), synthesized speech, or both."""
     services = request.app.state.services
+    if services.streams.shutting_down:
+        return draining(request)
     words = services.words
     try:
         word = words.new_word(word)
