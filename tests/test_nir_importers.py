@@ -307,3 +307,32 @@ def test_rockpool_xylo_mapping_needs_samna():
         assert error.name == "samna"
     else:
         pytest.skip("samna is installed, but rockpool's from_nir reads no LIF node to map")
+
+
+def test_lif_neuron_setting_trains_records_and_streams(random_lif):
+    """``--neuron lif``: gradients reach the LIF parameters, a card's command records the
+    flag, step mode equals sequence mode, and only spiking networks take it."""
+    from dataclasses import asdict
+
+    from training.config import TrainConfig, train_command
+
+    bundle, rasters = random_lif
+    network = copy.deepcopy(bundle.network).train()
+    evidence, _, _ = network(torch.from_numpy(rasters[:4]))
+    evidence.sum().backward()
+    assert network.layers[0].alpha.grad.abs().sum() > 0
+    assert network.layers[0].a.grad is None  # no adaptation to learn
+    command = train_command(asdict(TrainConfig(data=["d"], out="m.pt", neuron="lif")))
+    assert "--neuron lif" in command
+    assert "--neuron" not in train_command(asdict(TrainConfig(data=["d"], out="m.pt")))
+    network.eval()
+    x = torch.from_numpy(rasters[:3])
+    with torch.no_grad():
+        whole, _, _ = network(x)
+        state, steps = network.initial_state(3), []
+        for t in range(x.shape[1]):
+            out, state, _ = network.step(x[:, t], state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), whole, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="spiking kind"):
+        NetworkConfig(kind="analog", neuron="lif")
