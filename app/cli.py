@@ -145,7 +145,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # and --max-batch-jobs are limits of the server, not of each process).
     shared_dir = tempfile.mkdtemp(prefix="spikeear-shared-")
     # Without --words the workers still share one set of custom words, for this run only.
-    words_path = settings.words_path or os.path.join(shared_dir, "words.json")
+    words_path = settings.words_path
+    if words_path is None and app.state.services.bundle.enrollment is not None:
+        words_path = os.path.join(shared_dir, "words.json")
     dataclasses.replace(settings, shared_dir=shared_dir, words_path=words_path).to_environment()
     metrics_dir = None
     if not os.environ.get(MULTIPROCESS_DIR):

@@ -107,6 +107,8 @@ class WordSet:
     def new_word(self, word: str) -> str:
         """``word`` as it would be enrolled, or CustomWordError (checked before any
         audio is read, and again when the word is added)."""
+        if self.recognizer.bundle.enrollment is None:
+            raise CustomWordError("this model cannot learn custom words (no enrollment space)")
         word = check_word(word)
         if word in self.recognizer.vocabulary:
             raise WordExistsError(f"{word!r} is a built-in word")
@@ -127,7 +129,7 @@ class WordSet:
             if self.words.get(word) is not None:  # enrolled meanwhile by another process
                 raise WordExistsError(f"{word!r} is already enrolled: delete it first")
             space = self.words.space
-            assert space is not None  # _read checked
+            assert space is not None  # new_word checked
             enrolled = CustomWord.enroll(space, word, rates, tuple(r.name for r in recordings))
             self._write(self.words.with_word(enrolled))
         return enrolled
@@ -167,12 +169,9 @@ class WordSet:
                 yield
 
     def _read(self) -> None:
-        space = self.recognizer.bundle.enrollment
-        if self.path is None:
-            if space is None:
-                raise CustomWordError("this model cannot learn custom words (no enrollment space)")
+        if self.path is None:  # the recognizer's words are the only copy
             return
-        words = load_word_set(self.path, space)
+        words = load_word_set(self.path, self.recognizer.bundle.enrollment)
         self._seen = self.path.stat().st_mtime_ns if self.path.exists() else None
         self.recognizer.custom_words = words
 

@@ -304,3 +304,10 @@ def test_serve_refuses_a_word_set_file_it_cannot_read(tmp_path, capsys):
     bad.write_text("[]")
     assert main(["serve", "--words", str(bad), "--workers", "1", "--port", "0"]) == 2
     assert "not a word set file" in capsys.readouterr().err
+
+
+def test_a_model_without_an_enrollment_space_says_it_cannot_learn_words(controlled_client):
+    assert controlled_client.get("/v1/words").json() == {"words": []}
+    assert controlled_client.delete("/v1/words/lights").status_code == 404
+    answer = controlled_client.post("/v1/words", data={"word": "lights", "synthesize": "true"})
+    assert answer.status_code == 400 and "cannot learn custom words" in answer.json()["error"]
