@@ -53,27 +53,25 @@ NOISE_WINDOW_S = 10.0
 
 @dataclass
 class Spoken:
-    """One recording's finals: the network's word, its confidence, the hidden rates and
-    the word's length in seconds."""
+    """One recording's finals: the network's word, the hidden rates and the word's length
+    in seconds."""
 
-    words: list[tuple[str, float, np.ndarray, float]]
+    words: list[tuple[str, np.ndarray, float]]
 
     def longest(self) -> np.ndarray | None:
         """The rates of the longest word (what enrollment takes from a recording)."""
-        return max(self.words, key=lambda w: w[3])[2] if self.words else None
+        return max(self.words, key=lambda w: w[2])[1] if self.words else None
 
 
 def describe(recognizer: Recognizer, audio: np.ndarray, rate: int) -> Spoken:
-    return Spoken(
-        [(w.word, w.confidence, r, w.end - w.start) for w, r in recognizer.describe(audio, rate)]
-    )
+    return Spoken([(w.word, r, w.end - w.start) for w, r in recognizer.describe(audio, rate)])
 
 
 def finals(custom: CustomWords, spoken: Spoken) -> list[str]:
     """What the recognizer reports for the recording with ``custom`` words enrolled."""
     out = []
-    for word, confidence, rates, _ in spoken.words:
-        match = custom.takes_over(word, confidence, rates, None)
+    for word, rates, _ in spoken.words:
+        match = custom.takes_over(word, rates, None)
         out.append(match.word if match is not None else word)
     return out
 

@@ -10,7 +10,8 @@ differ count, and the embeddings of those training clips, the negatives every cu
 word's threshold is set against.  Enrolling a word averages its recordings'
 embeddings into a prototype; a word in a stream matches it when the cosine
 similarity of its embedding would reject all but :data:`FALSE_ACCEPT_RATE` of the
-negatives.  Measured in ``benchmarks/custom_words.py``.
+negatives and is higher than its similarity to the prototype of the built-in word the
+network decided on.  Measured in ``benchmarks/custom_words.py``.
 """
 
 from __future__ import annotations
@@ -26,17 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.vocabulary import SILENCE, UNKNOWN
-
 EMBEDDING_LAYERS = (1, 2)  # hidden layers (0-based) whose spikes describe a word
 WHITENING_SHRINKAGE = 0.3  # of the within-word covariance towards its mean variance
 FALSE_ACCEPT_RATE = 0.01  # of the built-in words' training clips a custom word may match
-# A built-in word the network is this sure of keeps its place: a custom word may take
-# only words the network calls unknown or is unsure of.
-KEEP_BUILTIN_ABOVE = 0.7
 MIN_EXAMPLES = 1
 MAX_EXAMPLES = 20
-FILLERS = (UNKNOWN, SILENCE)
 WORD_PATTERN = re.compile(r"^[a-z][a-z'-]{0,31}$")
 WORDS_FORMAT = "spikeear-words"
 WORDS_VERSION = 1
@@ -65,6 +60,8 @@ class EnrollmentSpace:
     centre: np.ndarray  # float32 [D], of the square-rooted rates
     whitening: np.ndarray  # float32 [D, D]
     negatives: np.ndarray  # float32 [N, D]: unit embeddings of the built-in classes' clips
+    words: tuple[str, ...] = ()  # the built-in words, and the mean of their clips' embeddings:
+    word_prototypes: np.ndarray | None = None  # a custom word must be nearer than the network's
 
     @property
     def fingerprint(self) -> str:
@@ -83,7 +80,8 @@ class EnrollmentSpace:
         cls, rates: np.ndarray, labels: np.ndarray, negative: np.ndarray, layers: tuple[int, ...]
     ) -> EnrollmentSpace:
         """From the pooled rates ``[clips, D]`` of training clips of many words
-        (``labels``); those marked ``negative`` (the built-in words) become the negatives."""
+        (``labels``); those marked ``negative`` (the built-in words) become the negatives
+        and their words' prototypes."""
         roots = np.sqrt(np.maximum(rates, 0.0)).astype(np.float64)
         centre = roots.mean(axis=0)
         within = np.zeros((roots.shape[1], roots.shape[1]))
@@ -101,7 +99,10 @@ class EnrollmentSpace:
         whitening = ((vectors / np.sqrt(values)) @ vectors.T).astype(np.float16)
         space = cls(layers, centre.astype(np.float32), whitening.astype(np.float32), np.empty(0))
         negatives = space.embed(rates[negative].astype(np.float32)).astype(np.float32)
-        return cls(layers, space.centre, space.whitening, negatives)
+        builtin = labels[negative]
+        words = tuple(sorted({str(word) for word in builtin}))
+        prototypes = np.stack([_unit(negatives[builtin == word].mean(axis=0)) for word in words])
+        return cls(layers, space.centre, space.whitening, negatives, words, prototypes)
 
     def to_dict(self) -> dict:
         return {
@@ -109,16 +110,33 @@ class EnrollmentSpace:
             "centre": torch.from_numpy(self.centre),
             "whitening": torch.from_numpy(self.whitening.astype(np.float16)),
             "negatives": torch.from_numpy(self.negatives.astype(np.float16)),
+            "words": list(self.words),
+            "word_prototypes": torch.from_numpy(
+                self.word_prototypes if self.word_prototypes is not None else np.zeros((0, 0))
+            ),
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> EnrollmentSpace:
+        prototypes = values.get("word_prototypes")
         return cls(
             tuple(values["layers"]),
             values["centre"].numpy(),
             values["whitening"].float().numpy(),
             values["negatives"].float().numpy(),
+            tuple(values.get("words", ())),
+            prototypes.float().numpy() if prototypes is not None and prototypes.numel() else None,
         )
+
+    def similarity_to_word(self, word: str, embedding: np.ndarray) -> float | None:
+        """How like a built-in word's training clips an embedding is (None: not one)."""
+        if self.word_prototypes is None or word not in self.words:
+            return None
+        return float(self.word_prototypes[self.words.index(word)] @ embedding)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-9)
 
 
 @dataclass(frozen=True)
@@ -185,16 +203,22 @@ class CustomWords:
     def without(self, word: str) -> CustomWords:
         return CustomWords(self.space, tuple(w for w in self.words if w.word != word))
 
-    def match(self, rates: np.ndarray, allowed: frozenset[str] | None) -> CustomMatch | None:
+    def match(
+        self, rates: np.ndarray, allowed: frozenset[str] | None, rival: str | None = None
+    ) -> CustomMatch | None:
         """The custom word a spoken word's hidden spike ``rates`` (mean spikes per bin
-        over the word) match, if any passes its threshold; ``allowed`` limits the
-        candidates."""
+        over the word) match, if any passes its threshold and is more like it than the
+        built-in word ``rival`` is; ``allowed`` limits the candidates."""
         if not self.words or self.space is None:
             return None
-        similarities = self._prototypes @ self.space.embed(rates)
+        embedding = self.space.embed(rates)
+        similarities = self._prototypes @ embedding
+        floor = self.space.similarity_to_word(rival, embedding) if rival else None
         best: CustomMatch | None = None
         for word, similarity in zip(self.words, similarities, strict=True):
             if allowed is not None and word.word not in allowed:
+                continue
+            if floor is not None and similarity <= floor:
                 continue
             confidence = word.confidence(float(similarity))
             if confidence >= 1.0 - FALSE_ACCEPT_RATE and (
@@ -204,14 +228,14 @@ class CustomWords:
         return best
 
     def takes_over(
-        self, builtin: str, confidence: float, rates: np.ndarray, allowed: frozenset[str] | None
+        self, builtin: str, rates: np.ndarray, allowed: frozenset[str] | None
     ) -> CustomMatch | None:
-        """The custom word a spoken word is instead of the network's ``builtin`` word
-        (reported with ``confidence``): one that matches, where the network is not sure
-        of a built-in word."""
-        if builtin not in FILLERS and confidence >= KEEP_BUILTIN_ABOVE:
-            return None
-        return self.match(rates, allowed)
+        """The custom word a spoken word is instead of the network's ``builtin`` word:
+        one that matches and is nearer to it than the built-in word's own prototype, so
+        that a custom word takes no word that sounds like the built-in one the network
+        heard (not the network's confidence, which is high for many words it never
+        learned to call unknown)."""
+        return self.match(rates, allowed, rival=builtin)
 
 
 # ----- the word set file ------------------------------------------------------------------

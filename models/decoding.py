@@ -299,12 +299,12 @@ class Decoder:
 
     @staticmethod
     def _custom_match(
-        state: DecoderState, custom: CustomWords | None, builtin: str, confidence: float
+        state: DecoderState, custom: CustomWords | None, builtin: str
     ) -> CustomMatch | None:
         if not custom or state.word_spikes is None:
             return None
         rates = state.word_spikes / max(state.evidence_bins, 1)
-        return custom.takes_over(builtin, confidence, rates, state.custom_allowed)
+        return custom.takes_over(builtin, rates, state.custom_allowed)
 
     def _speech_scores(self, state: DecoderState) -> np.ndarray | None:
         """The word's probability of each speech class this stream may report (the
@@ -330,7 +330,7 @@ class Decoder:
         best = int(scores.argmax())
         leader, confidence = self.vocabulary[best], float(scores[best])
         if custom and state.evidence_bins % CUSTOM_MATCH_EVERY_BINS == 0:
-            match = self._custom_match(state, custom, leader, confidence)
+            match = self._custom_match(state, custom, leader)
             if match is not None:
                 leader, confidence = match.word, match.confidence
         elif leader != state.leader and state.leader in (custom.names if custom else ()):
@@ -361,7 +361,7 @@ class Decoder:
         alternatives = tuple(
             (self.vocabulary[i], float(scores[i])) for i in order[:5] if scores[i] > 0
         )
-        match = self._custom_match(state, custom, word, confidence)
+        match = self._custom_match(state, custom, word)
         if match is not None:
             word, confidence = match.word, match.confidence
             alternatives = ((match.word, match.confidence), *alternatives[:4])

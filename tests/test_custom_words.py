@@ -80,7 +80,9 @@ def test_a_fitted_space_matches_a_word_and_refuses_others_and_survives_the_file(
     enrolled = CustomWords(space, (CustomWord.enroll(space, "new", rates[80:83], ()),))
     assert enrolled.match(centres[2] ** 2, None).word == "new"
     assert enrolled.match(centres[0] ** 2, None) is None
-    assert enrolled.takes_over("a", 0.9, centres[2] ** 2, None) is None  # a sure built-in word
+    assert enrolled.takes_over("a", centres[2] ** 2, None).word == "new"
+    assert enrolled.takes_over("a", centres[0] ** 2, None) is None  # it sounds like "a"
+    assert space.words == ("a", "b") and space.word_prototypes.shape == (2, 16)
     loaded = EnrollmentSpace.from_dict(space.to_dict())
     assert loaded.fingerprint == space.fingerprint
 
@@ -138,7 +140,7 @@ def test_the_recognizer_decides_as_takes_over_reads_the_described_words(enrolled
         enrolled.custom_words = enrolled_words
         offline = []
         for event, rates in described:
-            match = enrolled_words.takes_over(event.word, event.confidence, rates, None)
+            match = enrolled_words.takes_over(event.word, rates, None)
             offline.append(match.word if match else event.word)
         assert words_of(enrolled, path, emit_unknown=True) == offline
 
