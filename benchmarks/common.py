@@ -320,6 +320,7 @@ class ServerProcess:
         startup_timeout: float = 90.0,
         threads: int | None = None,
         workers: str = "auto",
+        words: str | None = None,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -328,6 +329,8 @@ class ServerProcess:
         command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--model", model, "--log-level", "warning"]
         command += ["--workers", str(workers)]
+        if words is not None:
+            command += ["--words", words]
         env = dict(os.environ)
         if threads is not None:  # torch's intra-op pool reads these at startup
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

@@ -437,7 +437,11 @@ def one_run(
                 "pass --model PATH or --random-model"
             )
         server = ServerProcess(
-            model, workdir / f"server-{n}.log", threads=args.server_threads, workers=args.workers
+            model,
+            workdir / f"server-{n}.log",
+            threads=args.server_threads,
+            workers=args.workers,
+            words=args.words,
         )
         ws_url = f"ws://127.0.0.1:{server.port}/v1/stream"
         base, pid = server.base, server.pid
@@ -742,6 +746,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default: the server's own, one per core)",
     )
     add_model_flags(p)
+    p.add_argument(
+        "--words",
+        metavar="WORDS.json",
+        help="custom words for the started server (spikeear enroll)",
+    )
     p.add_argument("--data", help="Speech Commands layout folder (default: ../shared/data/...)")
     p.add_argument("--clips-per-word", type=int, default=12)
     p.add_argument("--ramp", type=float, default=1.0, help="spread client starts over this")
