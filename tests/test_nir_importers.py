@@ -226,7 +226,9 @@ def test_norse_drops_the_li_readout_silently(random_lif):
 
 
 def test_sinabs_cannot_run_recurrent_layers(random_lif):
-    sinabs = pytest.importorskip("sinabs", reason="sinabs: pip install -e '.[nir-import]'")
+    sinabs = pytest.importorskip(
+        "sinabs", reason="sinabs is in no extra (it pins nir<=1.0.4): pip install --no-deps sinabs"
+    )
     bundle, _ = random_lif
     graph = to_nir(bundle, **TARGETS["norse"].settings)
     with pytest.raises(KeyError, match="layer0_recurrent"):
