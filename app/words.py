@@ -21,7 +21,7 @@ from models.custom_words import (
     load_word_set,
     save_word_set,
 )
-from models.recognizer import Recognizer
+from models.recognizer import Recognizer, longest_word
 
 MIN_RECORDING_S = 0.2
 MAX_RECORDING_S = 5.0  # one word, with some silence around it
@@ -153,10 +153,10 @@ class WordSet:
                 f"{recording.name}: {seconds:.1f} s is too long: one word per recording, "
                 f"at most {MAX_RECORDING_S:g} s"
             )
-        words = self.recognizer.describe(recording.audio, recording.sample_rate)
-        if not words:
+        rates = longest_word(self.recognizer.describe(recording.audio, recording.sample_rate))
+        if rates is None:
             raise CustomWordError(f"{recording.name}: no speech found")
-        return max(words, key=lambda pair: pair[0].end - pair[0].start)[1]
+        return rates
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -32,16 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 from rich.progress import track
 
 from app.words import Recording, WordSet, synthesized
 from audio_frontend.audio_io import load_audio
-from benchmarks.common import console
+from benchmarks.common import console, read_audio
 from models.custom_words import CustomWord, CustomWords
+from models.decoding import WordEvent
 from models.model_file import load_model
-from models.recognizer import Recognizer, StreamOptions
+from models.recognizer import Recognizer, StreamOptions, longest_word
 from models.vocabulary import SILENCE, UNKNOWN
 from training.data import Clip, discover, split_by_speaker
 from training.enrollment import CLIPS_PER_WORD, fit_space, training_clips
@@ -53,26 +53,25 @@ NOISE_WINDOW_S = 10.0
 
 @dataclass
 class Spoken:
-    """One recording's finals: the network's word, the hidden rates and the word's length
-    in seconds."""
+    """One recording's finals with their hidden rates (``Recognizer.describe``)."""
 
-    words: list[tuple[str, np.ndarray, float]]
+    words: list[tuple[WordEvent, np.ndarray]]
 
     def longest(self) -> np.ndarray | None:
-        """The rates of the longest word (what enrollment takes from a recording)."""
-        return max(self.words, key=lambda w: w[2])[1] if self.words else None
+        """The rates of the word enrollment takes from the recording."""
+        return longest_word(self.words)
 
 
 def describe(recognizer: Recognizer, audio: np.ndarray, rate: int) -> Spoken:
-    return Spoken([(w.word, r, w.end - w.start) for w, r in recognizer.describe(audio, rate)])
+    return Spoken(recognizer.describe(audio, rate))
 
 
 def finals(custom: CustomWords, spoken: Spoken) -> list[str]:
     """What the recognizer reports for the recording with ``custom`` words enrolled."""
     out = []
-    for word, rates, _ in spoken.words:
-        match = custom.takes_over(word, rates, None)
-        out.append(match.word if match is not None else word)
+    for event, rates in spoken.words:
+        match = custom.takes_over(event.word, rates, None)
+        out.append(match.word if match is not None else event.word)
     return out
 
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         audio, rate = load_audio(clip.path)
         spoken[clip.path] = describe(recognizer, audio, rate)
     # The noise recordings (1 s each in Speech Commands) end to end, heard in 10 s windows.
-    noise_audio = np.concatenate([_at_16k(c.path) for c in noise_files] or [np.zeros(0)])
+    noise_audio = np.concatenate([read_audio(c.path) for c in noise_files] or [np.zeros(0)])
     noise_audio = noise_audio[: int(args.noise_minutes * 60 * 16000)]
     window = int(NOISE_WINDOW_S * 16000)
     noise = [
@@ -211,11 +210,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0 if checked["differing"] == 0 else 1
-
-
-def _at_16k(path: Path) -> np.ndarray:
-    audio, rate = load_audio(path)
-    return soxr.resample(audio, rate, 16000) if rate != 16000 else audio
 
 
 def _check(recognizer: Recognizer, custom: CustomWords, clips: list[Clip], spoken: dict) -> dict:

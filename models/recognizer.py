@@ -126,6 +126,14 @@ class _WindowOutput(NamedTuple):
     word_spikes: np.ndarray | None  # float32 [bins, D]: the spikes that describe a word
 
 
+def longest_word(described: list[tuple[WordEvent, np.ndarray]]) -> np.ndarray | None:
+    """The hidden spike rates of the longest of :meth:`Recognizer.describe`'s words (what
+    a recording of one word enrolls), or None when it found none."""
+    if not described:
+        return None
+    return max(described, key=lambda pair: pair[0].end - pair[0].start)[1]
+
+
 class Recognizer:
     def __init__(self, bundle: ModelBundle, decoder: DecoderConfig | None = None) -> None:
         self.bundle = bundle

@@ -24,7 +24,7 @@ from rich.progress import track
 from audio_frontend.audio_io import load_audio
 from models.custom_words import EMBEDDING_LAYERS, EnrollmentSpace
 from models.model_file import ModelBundle, load_model
-from models.recognizer import Recognizer
+from models.recognizer import Recognizer, longest_word
 from models.vocabulary import SILENCE, UNKNOWN
 from training.data import Clip, discover, split_by_speaker
 
@@ -34,11 +34,7 @@ CLIPS_PER_WORD = 60  # enough for each word's covariance; the negatives stay ~1 
 def spoken_rates(recognizer: Recognizer, clip: Clip) -> np.ndarray | None:
     """The hidden spike rates of the clip's longest word, or None when it has none."""
     audio, sample_rate = load_audio(clip.path)
-    words = recognizer.describe(audio, sample_rate)
-    if not words:
-        return None
-    _, rates = max(words, key=lambda pair: pair[0].end - pair[0].start)
-    return rates
+    return longest_word(recognizer.describe(audio, sample_rate))
 
 
 def training_clips(

@@ -71,13 +71,17 @@ async def spool_upload(upload: UploadFile, spool: IO[bytes], limit: int) -> int 
 
 def draining(request: Request) -> JSONResponse:
     """503 for new work while the server drains (SIGTERM): another replica should take it."""
-    response = _error(503, "the server is shutting down; try another", request, "http_503")
+    response = error_response(503, "the server is shutting down; try another", request)
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
 
-def _error(status: int, message: str, request: Request, kind: str) -> JSONResponse:
-    request.app.state.services.metrics.errors.labels(kind).inc()
+def error_response(
+    status: int, message: str, request: Request, kind: str | None = None
+) -> JSONResponse:
+    """``{"error": message}`` with ``status``, counted in /metrics as ``kind`` (default
+    ``http_STATUS``)."""
+    request.app.state.services.metrics.errors.labels(kind or f"http_{status}").inc()
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -112,12 +116,11 @@ async def transcribe(
         return draining(request)
     if not services.batch_slots.acquire():
         services.metrics.limit_hits.labels("max_batch_jobs").inc()
-        response = _error(
+        response = error_response(
             503,
             f"the server is running its limit of {services.batch_slots.limit} uploads; "
             f"try again in {RETRY_AFTER_S} s",
             request,
-            "http_503",
         )
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
@@ -140,19 +143,21 @@ async def _transcribe(
         size = await spool_upload(file, spool, limit)
         if size is None:
             services.metrics.limit_hits.labels("max_upload_bytes").inc()
-            return _error(413, f"upload exceeds the limit of {limit} bytes", request, "http_413")
+            return error_response(
+                413, f"upload exceeds the limit of {limit} bytes", request, "http_413"
+            )
         if size == 0:
-            return _error(400, "the uploaded file is empty", request, "http_400")
+            return error_response(400, "the uploaded file is empty", request)
         try:
             sample_rate, duration, blocks = audio_blocks(spool.name)
         except AudioError as error:
             message = str(error).replace(spool.name, name)
-            return _error(415, message, request, "http_415")
+            return error_response(415, message, request)
         too_long = f"{name}: longer than the server's limit of {max_audio_s:g} s of audio"
         if max_audio_s:
             if duration > max_audio_s:
                 services.metrics.limit_hits.labels("max_audio_s").inc()
-                return _error(413, too_long, request, "http_413")
+                return error_response(413, too_long, request)
             blocks = at_most(blocks, int(max_audio_s * sample_rate))
         started = time.perf_counter()
         services.words.refresh()  # words another worker process enrolled
@@ -167,10 +172,10 @@ async def _transcribe(
             )
         except AudioTooLong:
             services.metrics.limit_hits.labels("max_audio_s").inc()
-            return _error(413, too_long, request, "http_413")
+            return error_response(413, too_long, request)
         except AudioError as error:
             message = str(error).replace(spool.name, name)
-            return _error(400, message, request, "http_400")
+            return error_response(400, message, request)
     elapsed = time.perf_counter() - started
     services.metrics.transcribe_seconds.observe(elapsed)
     services.metrics.audio_seconds.labels("transcribe").inc(transcript.duration)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.routers.batch import draining, shown_name, spool_suffix, spool_upload
+from app.routers.batch import draining, error_response, shown_name, spool_suffix, spool_upload
 from app.schemas import ErrorBody
 from app.words import Recording, WordExistsError, synthesized, word_summary
 from audio_frontend.audio_io import AudioError, load_audio
@@ -30,11 +30,6 @@ class CustomWordInfo(EnrolledWord):
 
 class WordList(BaseModel):
     words: list[CustomWordInfo]
-
-
-def _error(request: Request, status: int, message: str) -> JSONResponse:
-    request.app.state.services.metrics.errors.labels(f"http_{status}").inc()
-    return JSONResponse({"error": message}, status_code=status)
 
 
 @router.get("/v1/words", response_model=WordList)
@@ -74,24 +69,28 @@ async def enroll_word(
     try:
         word = words.new_word(word)
     except WordExistsError as error:
-        return _error(request, 409, str(error))
+        return error_response(409, str(error), request)
     except CustomWordError as error:
-        return _error(request, 400, str(error))
+        return error_response(400, str(error), request)
     files = files or []
     if not files and not synthesize:
-        return _error(request, 400, "give recordings of the word as 'files', or synthesize=true")
+        return error_response(
+            400, "give recordings of the word as 'files', or synthesize=true", request
+        )
     if len(files) > MAX_EXAMPLES:
-        return _error(request, 400, f"at most {MAX_EXAMPLES} recordings per word")
+        return error_response(400, f"at most {MAX_EXAMPLES} recordings per word", request)
     recordings = []
     for upload in files:
         name = shown_name(upload.filename)
         with tempfile.NamedTemporaryFile(suffix=spool_suffix(upload.filename)) as spool:
             if await spool_upload(upload, spool, MAX_RECORDING_BYTES) is None:
-                return _error(request, 413, f"{name}: larger than {MAX_RECORDING_BYTES} bytes")
+                return error_response(
+                    413, f"{name}: larger than {MAX_RECORDING_BYTES} bytes", request
+                )
             try:
                 audio, sample_rate = load_audio(spool.name)
             except AudioError as error:
-                return _error(request, 415, str(error).replace(spool.name, name))
+                return error_response(415, str(error).replace(spool.name, name), request)
         recordings.append(Recording(name, audio, sample_rate))
 
     def enroll():
@@ -102,9 +101,9 @@ async def enroll_word(
         # In the upload threads, at the lowest priority: live streams come first.
         enrolled = await asyncio.get_running_loop().run_in_executor(services.batch_pool, enroll)
     except WordExistsError as error:
-        return _error(request, 409, str(error))
+        return error_response(409, str(error), request)
     except CustomWordError as error:
-        return _error(request, 400, str(error))
+        return error_response(400, str(error), request)
     return JSONResponse({"word": enrolled.word, "examples": enrolled.examples}, status_code=201)
 
 
@@ -117,5 +116,5 @@ async def delete_word(request: Request, word: str) -> Response:
     """Forget a custom word (streams already open stop reporting it at once)."""
     words = request.app.state.services.words
     if not await asyncio.to_thread(words.remove, word.strip().lower()):
-        return _error(request, 404, f"{word!r} is not a custom word")
+        return error_response(404, f"{word!r} is not a custom word", request)
     return Response(status_code=204)
