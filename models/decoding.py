@@ -259,12 +259,16 @@ class Decoder:
         boundary: Boundary,
         custom: CustomWords | None = None,
         word_spikes: np.ndarray | None = None,
+        evidence: np.ndarray | None = None,
     ) -> list[WordEvent]:
         """Advance one bin: ``probabilities`` of the classes (the network's softmax) and
         what the :class:`Endpointer` decided for the same bin; with ``custom`` words,
-        ``word_spikes`` are the bin's spikes of the hidden layers that describe a word."""
+        ``word_spikes`` are the bin's spikes of the hidden layers that describe a word.
+        ``evidence`` is ``log_evidence(probabilities)`` where the caller has it already
+        (computed for many bins in one call)."""
         events: list[WordEvent] = []
-        evidence = log_evidence(probabilities)
+        if evidence is None:
+            evidence = log_evidence(probabilities)
         if not state.in_word:  # keep the last bins: a word's evidence starts at its onset
             state.onset_history = [*state.onset_history, evidence][-self.onset_bins :]
             if word_spikes is not None:
@@ -316,9 +320,10 @@ class Decoder:
         """
         mean = state.evidence / max(state.evidence_bins, 1)
         speech = np.where(state.allowed & self.speech, mean, -np.inf)
-        if self.has_silence and mean[self.silence].max() > speech.max():
+        top = speech.max()
+        if self.has_silence and mean[self.silence].max() > top:
             return None
-        shares = np.exp(speech - speech.max())
+        shares = np.exp(speech - top)
         return shares / shares.sum()
 
     def _partial(

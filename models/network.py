@@ -27,6 +27,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -165,24 +166,29 @@ class NetworkState(NamedTuple):
 class StatePool:
     """The network states of many streams, kept as one batch: each stream owns a row.
 
-    Stepping a set of streams gathers their rows, steps them as one batch and
-    scatters the result back: a few tensor operations whatever the number of
-    streams.  The rest state is all zeros, so a freed or reset row is zeroed.
+    A row holds all of a stream's state tensors side by side (``[capacity, width]``),
+    so stepping a set of streams is one gather of their rows, one batched step and
+    one scatter of the result, whatever the number of streams or layers.  The rows
+    are a numpy array: its indexed assignment copies rows three times faster than
+    torch's ``index_copy_``.  The rest state is all zeros: a freed or reset row is
+    zeroed, and row :attr:`REST` stays at rest for sequences that start from it.
     """
 
+    REST = 0  # never allocated nor written
+
     def __init__(self, network: Classifier, capacity: int = 16) -> None:
-        self._network = network
-        self._rows = network.initial_state(capacity).tensors()
-        self._free = list(range(capacity - 1, -1, -1))
+        self._shapes = [t.shape[1:] for t in network.initial_state(1).tensors()]
+        self._widths = [math.prod(shape) for shape in self._shapes]
+        self._rows = np.zeros((capacity + 1, sum(self._widths)), np.float32)
+        self._free = list(range(capacity, self.REST, -1))
         self.lock = threading.Lock()  # allocation may grow the pool while a step runs
 
     def allocate(self) -> int:
         with self.lock:
             if not self._free:
-                capacity = self._rows[0].shape[0]
-                extra = self._network.initial_state(capacity).tensors()
-                self._rows = [torch.cat([t, e]) for t, e in zip(self._rows, extra, strict=True)]
-                self._free = list(range(2 * capacity - 1, capacity - 1, -1))
+                capacity = len(self._rows) - 1
+                self._rows = np.concatenate([self._rows, np.zeros_like(self._rows[1:])])
+                self._free = list(range(2 * capacity, capacity, -1))
             return self._free.pop()
 
     def release(self, row: int) -> None:
@@ -191,22 +197,26 @@ class StatePool:
             self._free.append(row)
 
     def reset(self, row: int) -> None:
-        for tensor in self._rows:
-            tensor[row].zero_()
+        self._rows[row] = 0.0
 
     def reset_many(self, rows: list[int]) -> None:
-        """:meth:`reset` for several rows: one operation per state tensor."""
-        if rows:
-            index = torch.tensor(rows)
-            for tensor in self._rows:
-                tensor.index_fill_(0, index, 0.0)
+        """:meth:`reset` for several rows in one operation."""
+        self._rows[rows] = 0.0
 
-    def gather(self, rows: torch.Tensor) -> NetworkState:
-        return NetworkState.from_tensors([t.index_select(0, rows) for t in self._rows])
+    def gather(self, rows: list[int] | torch.Tensor) -> NetworkState:
+        """The states of ``rows`` (:attr:`REST` for the rest state), as views of one copy."""
+        flat = torch.from_numpy(self._rows[np.asarray(rows)])
+        tensors = flat.split(self._widths, dim=1)
+        return NetworkState.from_tensors(
+            [t.view(len(flat), *shape) for t, shape in zip(tensors, self._shapes, strict=True)]
+        )
 
-    def scatter(self, rows: torch.Tensor, state: NetworkState) -> None:
-        for target, source in zip(self._rows, state.tensors(), strict=True):
-            target.index_copy_(0, rows, source)
+    def scatter(
+        self, rows: list[int] | torch.Tensor, state: NetworkState, keep: list[int] | None = None
+    ) -> None:
+        """Write ``state`` to ``rows``; with ``keep``, only the state's rows it lists."""
+        flat = torch.cat([t.reshape(len(t), -1) for t in state.tensors()], dim=1).numpy()
+        self._rows[np.asarray(rows)] = flat if keep is None else flat[keep]
 
 
 class BinarizeSTE(torch.autograd.Function):

@@ -36,6 +36,7 @@ from models.decoding import (
     Endpointer,
     EndpointerState,
     WordEvent,
+    log_evidence,
     speech_activity,
 )
 from models.model_file import ModelBundle
@@ -121,9 +122,10 @@ class _WindowOutput(NamedTuple):
     """What the network did with a stream's window of bins."""
 
     probabilities: np.ndarray  # float32 [bins, classes]
-    layer_spikes: np.ndarray  # float32 [bins, layers]: hidden spikes
-    inputs: np.ndarray  # float32 [bins, channels]: the input spike counts
+    evidence: np.ndarray  # float32 [bins, classes]: their log_evidence
     word_spikes: np.ndarray | None  # float32 [bins, D]: the spikes that describe a word
+    input_counts: np.ndarray  # float32 [channels]: input spikes per channel, all bins
+    layer_spikes: np.ndarray  # float64 [layers]: hidden spikes, all bins
 
 
 def longest_word(described: list[tuple[WordEvent, np.ndarray]]) -> np.ndarray | None:
@@ -292,18 +294,17 @@ class Recognizer:
             word_spikes = (
                 output.word_spikes if output.word_spikes is not None else [None] * len(window)
             )
-            for ready, probabilities, spikes in zip(
-                window, output.probabilities, word_spikes, strict=True
+            for ready, probabilities, evidence, spikes in zip(
+                window, output.probabilities, output.evidence, word_spikes, strict=True
             ):
                 events += self.decoder.step(
-                    stream.decoder, probabilities, ready.boundary, custom, spikes
+                    stream.decoder, probabilities, ready.boundary, custom, spikes, evidence
                 )
             stream.bins_done += len(window)
-            input_counts = output.inputs.sum(axis=0)
-            stream.stepped_input_spikes += float(input_counts.sum())
-            stream.layer_spikes += output.layer_spikes.sum(axis=0, dtype=np.float64)
+            stream.stepped_input_spikes += float(output.input_counts.sum())
+            stream.layer_spikes += output.layer_spikes
             if stream.options.activity:
-                self._note_activity(stream, input_counts, output.probabilities[-1])
+                self._note_activity(stream, output.input_counts, output.probabilities[-1])
             results.append(self._visible(stream, events))
         return results
 
@@ -333,36 +334,41 @@ class Recognizer:
             calls.setdefault(max(s.end - s.start for s in closed), []).extend(closed)
 
         pieces: list[list[tuple[int, _WindowOutput]]] = [[] for _ in windows]
-        kept: list[tuple[list[int], NetworkState, list[int]]] = []
+        kept: list[tuple[list[int], NetworkState, list[int] | None]] = []
         with self.pool.lock:
             for length, members in calls.items():
                 x = self._inputs(windows, members, length)
                 evidence, state, activity = self.network(x, self._start_state(streams, members))
                 keeping = [k for k, s in enumerate(members) if s.keeps_state]
                 if keeping:
-                    kept.append(([streams[members[k].stream].row for k in keeping], state, keeping))
+                    rows = [streams[members[k].stream].row for k in keeping]
+                    kept.append((rows, state, keeping if len(keeping) < len(members) else None))
                 p = evidence.softmax(-1).numpy()
-                spikes = torch.stack([a.sum(-1) for a in activity], dim=-1).numpy()
-                inputs = x.numpy()
+                logs = log_evidence(p)  # for all bins at once, not in each decoder step
                 word = None
                 if describe:
                     word = torch.cat([activity[i] for i in self.word_layers], -1).numpy()
-                for k, s in enumerate(members):
-                    n = s.end - s.start
+                # Sums over each segment's bins at once (the counts are whole numbers,
+                # which sum exactly in any order).  Padding has no input, but the network
+                # may still spike there: those spikes are no stream's.
+                inputs = x.sum(dim=1).numpy()
+                spikes = torch.stack([a.sum(dim=-1) for a in activity], dim=-1)
+                lengths = [s.end - s.start for s in members]
+                if min(lengths) < length:
+                    within = torch.arange(length) < torch.tensor(lengths)[:, None]
+                    spikes = spikes * within[..., None]
+                spikes = spikes.sum(dim=1, dtype=torch.float64).numpy()
+                for k, (s, n) in enumerate(zip(members, lengths, strict=True)):
                     piece = _WindowOutput(
                         p[k, :n],
-                        spikes[k, :n],
-                        inputs[k, :n],
+                        logs[k, :n],
                         None if word is None else word[k, :n],
+                        inputs[k],
+                        spikes[k],
                     )
                     pieces[s.stream].append((s.start, piece))
-            for rows, state, keeping in kept:
-                if len(keeping) < len(state.readout):
-                    index = torch.tensor(keeping)
-                    state = NetworkState.from_tensors(
-                        [t.index_select(0, index) for t in state.tensors()]
-                    )
-                self.pool.scatter(torch.tensor(rows), state)
+            for rows, state, keep in kept:
+                self.pool.scatter(rows, state, keep)
             self.pool.reset_many(
                 [streams[i].row for i, w in enumerate(windows) if w and w[-1].boundary.rest]
             )
@@ -372,12 +378,14 @@ class Recognizer:
                 outputs.append(stream_pieces[0][1])
             else:
                 ordered = [piece for _, piece in sorted(stream_pieces, key=lambda p: p[0])]
+                words = [piece.word_spikes for piece in ordered]
                 outputs.append(
                     _WindowOutput(
-                        *(
-                            None if parts[0] is None else np.concatenate(parts)
-                            for parts in zip(*ordered, strict=True)
-                        )
+                        np.concatenate([piece.probabilities for piece in ordered]),
+                        np.concatenate([piece.evidence for piece in ordered]),
+                        None if words[0] is None else np.concatenate(words),
+                        np.sum([piece.input_counts for piece in ordered], axis=0),
+                        np.sum([piece.layer_spikes for piece in ordered], axis=0),
                     )
                 )
         return outputs
@@ -397,15 +405,9 @@ class Recognizer:
         return torch.from_numpy(x)
 
     def _start_state(self, streams: list[Stream], members: list[_Segment]) -> NetworkState:
-        """The network state each segment starts from: its stream's, or rest (zeros)."""
-        rows = torch.tensor([streams[s.stream].row for s in members])
-        state = self.pool.gather(rows)
-        fresh = [k for k, s in enumerate(members) if not s.first]
-        if fresh:
-            index = torch.tensor(fresh)
-            for tensor in state.tensors():
-                tensor.index_fill_(0, index, 0.0)
-        return state
+        """The network state each segment starts from: its stream's, or rest."""
+        rows = [streams[s.stream].row if s.first else StatePool.REST for s in members]
+        return self.pool.gather(rows)
 
     def drain(self, stream: Stream) -> list[WordEvent]:
         """All of the stream's ready bins in one step (batch work)."""
