@@ -3,7 +3,8 @@
 The public interface is small: a :class:`CochleaConfig`, a :class:`Cochlea`
 built from it, a per-stream :class:`CochleaState` (``Cochlea.new_state``), and
 ``Cochlea.process(chunk, state)``, which returns the chunk's spike events and
-advances the state in place (``process_many`` does several streams in one call).
+advances the state in place (``process_many`` does several streams in one call;
+``process_many_binned`` counts their spikes straight into time bins instead).
 Chunking never changes the result.
 """
 

@@ -19,7 +19,9 @@ signal.  Digital silence yields no spikes at all: every stage maps zero to zero.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -82,12 +84,31 @@ class CochleaState:
 
     input_rate: int
     resampler: soxr.ResampleStream | None
-    filters: np.ndarray  # [sections, 2, channels] biquad memories
-    adaptation: np.ndarray  # [channels]
-    membranes: np.ndarray  # [fibres, channels]
-    refractory: np.ndarray  # [fibres, channels] samples left
+    # float32, end to end: the biquad memories [sections, 2, channels], the adaptation
+    # [channels], the fibres' membranes and refractory samples left [fibres, channels].
+    # One array, so that a batch of streams is gathered in one copy each.
+    memory: np.ndarray
     samples_done: int = 0  # at the internal rate
     finished: bool = field(default=False)
+
+
+class SpikeCounts(NamedTuple):
+    """One stream's spikes of one chunk, counted in bins (:meth:`Cochlea.process_many_binned`)."""
+
+    first_bin: int  # the bin of the first row
+    counts: np.ndarray  # float32 [bins, channels]: every bin the chunk reaches into
+    spikes: int  # their sum
+
+
+class _Output(NamedTuple):
+    """What :meth:`Cochlea._run` found: events or bins, per stream ``k`` the slices
+    ``spike_bounds[k]:spike_bounds[k + 1]`` and ``row_bounds[k]:row_bounds[k + 1]``."""
+
+    sample: np.ndarray  # int64 [events]: the event's sample index in its stream
+    channel: np.ndarray  # int32 [events]
+    spike_bounds: np.ndarray  # int64 [streams + 1]; for bins, the running spike total
+    counts: np.ndarray  # float32 [bins, channels]
+    row_bounds: np.ndarray  # int64 [streams + 1]
 
 
 class Cochlea:
@@ -138,14 +159,8 @@ class Cochlea:
         if input_rate != cfg.sample_rate:
             resampler = soxr.ResampleStream(input_rate, cfg.sample_rate, 1, dtype="float32")
         n_sections = self._b.shape[0]
-        return CochleaState(
-            input_rate=input_rate,
-            resampler=resampler,
-            filters=np.zeros((n_sections, 2, cfg.channels), KERNEL_DTYPE),
-            adaptation=np.zeros(cfg.channels, KERNEL_DTYPE),
-            membranes=np.zeros((cfg.fibres_per_channel, cfg.channels), KERNEL_DTYPE),
-            refractory=np.zeros((cfg.fibres_per_channel, cfg.channels), KERNEL_DTYPE),
-        )
+        size = (2 * n_sections + 1 + 2 * cfg.fibres_per_channel) * cfg.channels
+        return CochleaState(input_rate, resampler, np.zeros(size, KERNEL_DTYPE))
 
     def process(self, samples: np.ndarray, state: CochleaState, final: bool = False) -> SpikeEvents:
         """Feed one chunk of a stream (any size, int16 or float, mono or [n, ch]).
@@ -160,6 +175,42 @@ class Cochlea:
         """:meth:`process` for chunks of several streams (one chunk per stream) in one
         kernel call: one release of the GIL for all of them, so a worker thread runs
         them alongside the event loop, and no per-call overhead per stream."""
+        out = self._run(*self._internal_audio(chunks), bin_samples=0)
+        times = out.sample / float(self.config.sample_rate)  # all streams in one operation
+        bounds = out.spike_bounds.tolist()
+        return [
+            SpikeEvents(times[start:end], out.channel[start:end], self.config.channels)
+            for start, end in itertools.pairwise(bounds)
+        ]
+
+    def process_many_binned(
+        self, chunks: list[tuple[np.ndarray, CochleaState, bool]], bin_samples: int
+    ) -> list[SpikeCounts]:
+        """:meth:`process_many` with each stream's spikes counted straight into bins of
+        ``bin_samples`` samples at the cochlea's rate (bin ``k`` holds the stream's
+        samples ``k * bin_samples`` to ``(k + 1) * bin_samples - 1``): the counts
+        :class:`~audio_frontend.events.SpikeBinner` makes of the events, without them."""
+        if bin_samples < 1:
+            raise ValueError(f"bin_samples must be at least 1, got {bin_samples}")
+        audio, states = self._internal_audio(chunks)
+        first_bins = [state.samples_done // bin_samples for state in states]
+        out = self._run(audio, states, bin_samples)
+        spikes = np.diff(out.spike_bounds).tolist()
+        rows = out.row_bounds.tolist()
+        return [
+            SpikeCounts(first_bins[k], out.counts[rows[k] : rows[k + 1]], spikes[k])
+            for k in range(len(states))
+        ]
+
+    def counts(self, audio: np.ndarray, state: CochleaState) -> np.ndarray:
+        """Run internal-rate audio through the cochlea; spikes per sample ``[n, channels]``."""
+        return self._run([audio], [state], bin_samples=1).counts.astype(np.uint8)
+
+    def _internal_audio(
+        self, chunks: list[tuple[np.ndarray, CochleaState, bool]]
+    ) -> tuple[list[np.ndarray], list[CochleaState]]:
+        """Each chunk as mono samples at the cochlea's rate (int16 ones left as they are:
+        :func:`_samples` scales them all at once), and its state."""
         audio, states = [], []
         for samples, state, final in chunks:
             if state.finished:
@@ -169,76 +220,74 @@ class Cochlea:
                 x = to_mono_float(x)
                 if state.resampler is not None:
                     x = state.resampler.resample_chunk(x, last=final)
-            # else int16 mono at the cochlea's rate: scaled below with all the others
             state.finished = final
             audio.append(x)
             states.append(state)
-        firsts = [state.samples_done for state in states]
-        rate = float(self.config.sample_rate)
-        return [
-            SpikeEvents((sample + first) / rate, channel, self.config.channels)
-            for (sample, channel), first in zip(self._spikes(audio, states), firsts, strict=True)
-        ]
+        return audio, states
 
-    def counts(self, audio: np.ndarray, state: CochleaState) -> np.ndarray:
-        """Run internal-rate audio through the cochlea; spikes per sample ``[n, channels]``."""
-        counts = np.zeros((len(audio), self.config.channels), np.uint8)
-        [(sample, channel)] = self._spikes([audio], [state])
-        np.add.at(counts, (sample, channel), 1)
-        return counts
-
-    def _spikes(
-        self, audio: list[np.ndarray], states: list[CochleaState]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per stream: sample index (within its audio, int64) and channel (int32) of
-        every spike."""
+    def _run(
+        self, audio: list[np.ndarray], states: list[CochleaState], bin_samples: int
+    ) -> _Output:
+        """Run each stream's internal-rate audio through the kernel from its state, and
+        advance the states.  ``bin_samples == 0``: the spikes as events; else counted
+        in bins of that many samples, from the bin of each stream's first sample to
+        that of its last."""
         cfg = self.config
         x = _samples(audio)
-        x_bounds = np.cumsum([0] + [len(a) for a in audio])
-        filters, adaptation, membranes, refractory = (
-            _stack([getattr(s, name) for s in states])
-            for name in ("filters", "adaptation", "membranes", "refractory")
+        lengths = np.array([len(a) for a in audio], np.int64)
+        x_bounds = np.zeros(len(audio) + 1, np.int64)
+        np.cumsum(lengths, out=x_bounds[1:])
+        firsts = np.array([state.samples_done for state in states], np.int64)
+        # One row of the batch per stream; a single stream's memory is used in place.
+        memory = (
+            states[0].memory[None] if len(states) == 1 else np.stack([s.memory for s in states])
         )
-        # Room for a typical spike rate; when the kernel could run out it stops
-        # early, and resumes there with twice the room.
-        capacity = len(states) * cfg.channels * cfg.fibres_per_channel + len(x) * cfg.channels // 16
+        row_bounds = np.zeros(len(states) + 1, np.int64)
+        if bin_samples:
+            last = firsts + lengths - 1
+            rows = np.where(lengths > 0, last // bin_samples - firsts // bin_samples + 1, 0)
+            np.cumsum(rows, out=row_bounds[1:])
+            capacity = 0
+        else:
+            # Room for a typical spike rate; when the kernel could run out it stops
+            # early, and resumes there with twice the room.
+            capacity = (
+                len(states) * cfg.channels * cfg.fibres_per_channel + len(x) * cfg.channels // 16
+            )
+        counts = np.zeros((row_bounds[-1], cfg.channels), np.float32)
         sample = np.empty(capacity, np.int64)
         channel = np.empty(capacity, np.int32)
-        event_bounds = np.zeros(len(states) + 1, np.int64)
+        spike_bounds = np.zeros(len(states) + 1, np.int64)
         stream, done, n_events = 0, 0, 0
         while stream < len(states):
             stream, done, n_events = _cochlea_streams_kernel(
                 x,
                 x_bounds,
+                firsts,
                 stream,
                 done,
                 self._b,
                 self._a,
-                filters,
-                adaptation,
-                membranes,
-                refractory,
+                memory,
                 self._fibre_gain,
                 *self._constants,
                 sample,
                 channel,
                 n_events,
-                event_bounds,
+                spike_bounds,
+                bin_samples,
+                counts,
+                row_bounds,
             )
             if stream < len(states):
                 sample = np.concatenate([sample[:n_events], np.empty(len(sample), np.int64)])
                 channel = np.concatenate([channel[:n_events], np.empty(len(channel), np.int32)])
-        spikes = []
         for k, state in enumerate(states):
-            if len(states) > 1:  # copies: write back (one stream's arrays are views)
-                state.filters[...] = filters[k]
-                state.adaptation[...] = adaptation[k]
-                state.membranes[...] = membranes[k]
-                state.refractory[...] = refractory[k]
+            state.memory = memory[k]  # a view of the batch, no copy back: gathered next call
             state.samples_done += len(audio[k])
-            events = slice(event_bounds[k], event_bounds[k + 1])
-            spikes.append((sample[events], channel[events].copy()))  # not views of spare room
-        return spikes
+        if not bin_samples:  # copies, so that the events hold no spare room
+            sample, channel = sample[:n_events].copy(), channel[:n_events].copy()
+        return _Output(sample, channel, spike_bounds, counts, row_bounds)
 
     def encode(self, samples: np.ndarray, sample_rate: int) -> SpikeEvents:
         """Whole-signal convenience: a fresh stream fed once and finished."""
@@ -260,24 +309,16 @@ def _samples(audio: list[np.ndarray]) -> np.ndarray:
     )
 
 
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    """``np.stack``, but a view for a single array: one stream (20 ms chunks of a
-    single client, whole files) pays no copies."""
-    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
-
-
 @numba.njit(cache=True, nogil=True)
 def _cochlea_streams_kernel(
     x,
     x_bounds,
+    firsts,
     stream,
     start,
     b,
     a,
-    filters,
-    adaptation,
-    membranes,
-    refractory,
+    memory,
     fibre_gain,
     saturation,
     adaptation_strength,
@@ -287,26 +328,39 @@ def _cochlea_streams_kernel(
     event_sample,
     event_channel,
     n_events,
-    event_bounds,
+    spike_bounds,
+    bin_samples,
+    counts,
+    row_bounds,
 ):
     """:func:`_cochlea_kernel` for streams ``stream, stream + 1, ...`` in turn, stream
     ``k`` running ``x[x_bounds[k]:x_bounds[k + 1]]`` from sample ``start`` (0 after
-    the first) with the states ``filters[k]``, ...; stream ``k``'s events end at
-    ``event_bounds[k + 1]``.  Stops where the event arrays could run out and returns
-    ``(stream, next sample, n_events)`` to resume from; the stream count when done.
+    the first) with the state ``memory[k]`` (:class:`CochleaState`'s layout), its
+    first sample being sample ``firsts[k]`` of the stream.  Stream ``k``'s events
+    end at ``spike_bounds[k + 1]`` (with bins: its running spike total), its bins
+    are ``counts[row_bounds[k]:row_bounds[k + 1]]``.  Stops where the event arrays
+    could run out and returns ``(stream, next sample, n_events)`` to resume from;
+    the stream count when done.
     """
     n_streams = x_bounds.shape[0] - 1
+    n_sections, n_channels = b.shape[0], b.shape[2]
+    n_fibres = fibre_gain.shape[0]
+    filters_end = 2 * n_sections * n_channels
+    adaptation_end = filters_end + n_channels
+    membranes_end = adaptation_end + n_fibres * n_channels
     while stream < n_streams:
         chunk = x[x_bounds[stream] : x_bounds[stream + 1]]
+        state = memory[stream]
         start, n_events = _cochlea_kernel(
             chunk,
             start,
+            firsts[stream],
             b,
             a,
-            filters[stream],
-            adaptation[stream],
-            membranes[stream],
-            refractory[stream],
+            state[:filters_end].reshape((n_sections, 2, n_channels)),
+            state[filters_end:adaptation_end],
+            state[adaptation_end:membranes_end].reshape((n_fibres, n_channels)),
+            state[membranes_end:].reshape((n_fibres, n_channels)),
             fibre_gain,
             saturation,
             adaptation_strength,
@@ -316,10 +370,12 @@ def _cochlea_streams_kernel(
             event_sample,
             event_channel,
             n_events,
+            bin_samples,
+            counts[row_bounds[stream] : row_bounds[stream + 1]],
         )
         if start < chunk.shape[0]:
             return stream, start, n_events
-        event_bounds[stream + 1] = n_events
+        spike_bounds[stream + 1] = n_events
         stream += 1
         start = 0
     return stream, 0, n_events
@@ -329,6 +385,7 @@ def _cochlea_streams_kernel(
 def _cochlea_kernel(
     x,
     start,
+    first,
     b,
     a,
     z,
@@ -344,13 +401,19 @@ def _cochlea_kernel(
     event_sample,
     event_channel,
     n_events,
+    bin_samples,
+    counts,
 ):
-    """Run ``x[start:]`` through the cochlea, appending spikes to the event arrays.
+    """Run ``x[start:]`` (``x[0]`` being the stream's sample ``first``) through the
+    cochlea, appending spikes to the event arrays, or with ``bin_samples > 0``
+    adding them to ``counts``.
 
     Events go to ``event_sample[n_events:]`` / ``event_channel[n_events:]`` in
-    (sample, channel) order, one entry per spike.  Stops early, before a sample
-    whose spikes might not fit; returns ``(next sample, n_events)`` so that the
-    caller can grow the arrays and resume.
+    (sample, channel) order, one entry per spike, the sample counted from the
+    stream's start.  Stops early, before a sample whose spikes might not fit;
+    returns ``(next sample, n_events)`` so that the caller can grow the arrays and
+    resume.  Bins: row ``k`` of ``counts`` is the stream's bin ``first //
+    bin_samples + k``; n_events grows by the spikes counted, and nothing stops early.
     """
     # Time is the outer loop and channels the inner one, written branch-free on
     # row views, so that all channels' recursions advance together in SIMD lanes.
@@ -370,6 +433,8 @@ def _cochlea_kernel(
     # - most samples have a spike in only a few channels: the events are found by
     #   testing 8 channels' counts at once as one 64-bit word rather than each
     #   channel's (a third of the kernel's time before).
+    # Bins sum the spikes of their samples in the same float row (exact: counts stay
+    # far below 2**24) and add it to their row once, at the bin's or the chunk's end.
     if saturation == 0.0:
         raise ZeroDivisionError("division by zero")  # as the Python error model did
     n_sections = b.shape[0]
@@ -385,9 +450,13 @@ def _cochlea_kernel(
     # The same counts as bytes, read 8 channels at a time as one 64-bit word.
     spike_bytes = np.zeros(-(-n_channels // 8) * 8, np.uint8)
     spike_words = spike_bytes.view(np.uint64)
+    counting = bin_samples > 0
     last_safe = event_sample.shape[0] - n_channels * n_fibres
     i = start
-    while i < x.shape[0] and n_events <= last_safe:
+    if counting:
+        row = (first + i) // bin_samples - first // bin_samples
+        left_in_bin = bin_samples - (first + i) % bin_samples
+    while i < x.shape[0] and (counting or n_events <= last_safe):
         band[:] = x[i]
         for s in range(n_sections):
             b0, b1, b2 = b[s, 0], b[s, 1], b[s, 2]
@@ -418,17 +487,30 @@ def _cochlea_kernel(
                 spikes[c] += one if fired else zero
                 v[c] = potential if charging else zero
                 rest[c] = refractory_samples if fired else left - one
-        for c in range(n_channels):
-            spike_bytes[c] = np.uint8(spikes[c])
-            spikes[c] = zero
-        for k in range(spike_words.shape[0]):
-            if spike_words[k] != 0:
-                for c in range(8 * k, 8 * k + 8):
-                    for _ in range(spike_bytes[c]):
-                        event_sample[n_events] = i
-                        event_channel[n_events] = c
-                        n_events += 1
-                spike_words[k] = 0
+        if counting:
+            left_in_bin -= 1
+            if left_in_bin == 0 or i + 1 == x.shape[0]:
+                total = zero
+                for c in range(n_channels):
+                    counts[row, c] += spikes[c]
+                    total += spikes[c]
+                    spikes[c] = zero
+                n_events += np.int64(total)
+                if left_in_bin == 0:
+                    row += 1
+                    left_in_bin = bin_samples
+        else:
+            for c in range(n_channels):
+                spike_bytes[c] = np.uint8(spikes[c])
+                spikes[c] = zero
+            for k in range(spike_words.shape[0]):
+                if spike_words[k] != 0:
+                    for c in range(8 * k, 8 * k + 8):
+                        for _ in range(spike_bytes[c]):
+                            event_sample[n_events] = first + i
+                            event_channel[n_events] = c
+                            n_events += 1
+                    spike_words[k] = 0
         i += 1
     z[:, 0] = z_first
     z[:, 1] = z_second

@@ -127,6 +127,31 @@ class SpikeBinner:
                 _count_into(*args, self.next_bin, self._pending)
         return self._take(max(0, complete))
 
+    def add_counts(
+        self, counts: np.ndarray, first_bin: int, complete_until_sample: int
+    ) -> np.ndarray:
+        """:meth:`add` for events already counted: ``counts`` (float32 ``[bins,
+        channels]``) holds bins ``first_bin, first_bin + 1, ...``.  The binner may keep
+        ``counts`` as its own and change it in place."""
+        row = first_bin - self.next_bin
+        if row < 0:
+            raise ValueError("spike counts arrived for a time that has already been binned")
+        complete = complete_until_sample // self.bin_samples - self.next_bin
+        # As with events, a bin not yet complete is held (and flushed) only once it has
+        # a spike: a chunk ending in a silent part of a bin leaves no row for it.
+        keep = len(counts)
+        while (
+            keep and row + keep > max(complete, len(self._pending)) and not counts[keep - 1].any()
+        ):
+            keep -= 1
+        if row == 0 and not len(self._pending):  # the usual chunk: no copy, no sum
+            self._pending = counts[:keep]
+        elif keep:
+            if row + keep > len(self._pending):
+                self._grow(row + keep)
+            self._pending[row : row + keep] += counts[:keep]
+        return self._take(max(0, complete))
+
     def flush(self) -> np.ndarray:
         """All bins holding counted events, the last possibly partial."""
         return self._take(len(self._pending))

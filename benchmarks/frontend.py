@@ -3,7 +3,9 @@
 Measures the software cochlea (``audio_frontend.cochlea``) on one stream at 64 and
 700 channels, fed in 20 ms chunks and as one whole-file call, on about 10 s of real
 speech; and, at the default 64 channels, 100 streams fed 20 ms of int16 PCM each per
-``Cochlea.process_many`` call, as the streaming server batches them (``--streams``).
+``Cochlea.process_many`` call (``--streams``), and the same counted straight into
+10 ms bins per ``Cochlea.process_many_binned`` call and handed to each stream's
+``SpikeBinner``, as the streaming server's recognizer does.
 Times are CPU time of this process (``time.process_time``), the median of several
 repetitions after a warm-up: the cost on one core, which other jobs on the machine disturb far less
 than wall time (though they still share its caches).  The real-time factor (RTF)
@@ -44,9 +46,11 @@ from rich.table import Table
 
 from audio_frontend.audio_io import AudioError, load_audio
 from audio_frontend.cochlea import Cochlea, CochleaConfig
+from audio_frontend.events import SpikeBinner
 from benchmarks.common import DEFAULT_DATA, FIXTURES, emit, read_audio
 
 TARGET_RTF = 0.01
+BIN_MS = 10.0  # the bundled model's bins
 DEFAULT_CHANNELS = CochleaConfig().channels
 
 
@@ -144,6 +148,24 @@ def run_batched(cochlea: Cochlea, streams: list[np.ndarray], rate: int, chunk: i
     return spikes
 
 
+def run_binned(cochlea: Cochlea, streams: list[np.ndarray], rate: int, chunk: int) -> int:
+    """:func:`run_batched` with the spikes counted in bins, as the server's recognizer
+    feeds them (``Recognizer.feed_audio_many``)."""
+    states = [cochlea.new_state(rate) for _ in streams]
+    bin_samples = round(BIN_MS / 1000 * cochlea.config.sample_rate)
+    binners = [SpikeBinner(cochlea.config.channels, bin_samples, rate) for _ in streams]
+    spikes, length = 0, len(streams[0])
+    for i in range(0, length, chunk):
+        final = i + chunk >= length
+        batch = [(s[i : i + chunk], state, final) for s, state in zip(streams, states, strict=True)]
+        for (first_bin, counts, n), state, binner in zip(
+            cochlea.process_many_binned(batch, bin_samples), states, binners, strict=True
+        ):
+            binner.add_counts(counts, first_bin, state.samples_done)
+            spikes += n
+    return spikes
+
+
 def measure(
     channels: int,
     feed: str,
@@ -157,9 +179,10 @@ def measure(
     seconds = len(audio) / rate
     if feed == "whole":
         fn = lambda: run_whole(cochlea, audio, rate)  # noqa: E731
-    elif feed == "batched":
+    elif feed in ("batched", "binned"):
         assert streams is not None
-        fn = lambda: run_batched(cochlea, streams, rate, chunk)  # noqa: E731
+        run = run_batched if feed == "batched" else run_binned
+        fn = lambda: run(cochlea, streams, rate, chunk)  # noqa: E731
         seconds = sum(len(s) for s in streams) / rate
     else:
         fn = lambda: run_chunked(cochlea, audio, rate, chunk)  # noqa: E731
@@ -272,6 +295,8 @@ def print_tables(report: dict, console: Console) -> None:
         "chunks": f"{report['chunk_ms']:g} ms chunks",
         "whole": "whole file",
         "batched": f"{report['streams']} streams x {report['chunk_ms']:g} ms, process_many",
+        "binned": f"{report['streams']} streams x {report['chunk_ms']:g} ms, "
+        f"process_many_binned ({BIN_MS:g} ms bins)",
     }
     for r in report["ours"]:
         feed = feeds[r["feed"]]
@@ -383,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.streams and DEFAULT_CHANNELS in args.channels:
         console.log(f"ours: {DEFAULT_CHANNELS} channels, {args.streams} streams batched ...")
         streams = batched_streams(audio, audio_rate, args.streams, args.stream_seconds)
-        ours.append(
-            measure(DEFAULT_CHANNELS, "batched", audio, audio_rate, chunk, args.repeats, streams)
-        )
+        for feed in ("batched", "binned"):
+            ours.append(
+                measure(DEFAULT_CHANNELS, feed, audio, audio_rate, chunk, args.repeats, streams)
+            )
 
     target = {"target_rtf": TARGET_RTF, "channels": DEFAULT_CHANNELS, "rtf": None, "met": None}
     default = [r for r in ours if r["channels"] == DEFAULT_CHANNELS and r["feed"] == "chunks"]

@@ -202,13 +202,15 @@ class Recognizer:
         for stream, _, _ in chunks:
             if stream.finished:
                 raise ValueError("stream already finished")
-        all_events = self.cochlea.process_many(
-            [(samples, stream.cochlea, final) for stream, samples, final in chunks]
+        all_counts = self.cochlea.process_many_binned(
+            [(samples, stream.cochlea, final) for stream, samples, final in chunks],
+            self.bin_samples,
         )
         counted = []
-        for (stream, _, final), events in zip(chunks, all_events, strict=True):
-            stream.input_spikes += len(events)
-            counted.append((stream, stream.binner.add(events, stream.cochlea.samples_done), final))
+        for (stream, _, final), (first_bin, counts, spikes) in zip(chunks, all_counts, strict=True):
+            stream.input_spikes += spikes
+            bins = stream.binner.add_counts(counts, first_bin, stream.cochlea.samples_done)
+            counted.append((stream, bins, final))
         self._queue(counted)
 
     def feed_spikes(

@@ -1,11 +1,15 @@
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import soxr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audio_frontend import AudioError, Cochlea, CochleaConfig, SpikeEvents, bin_events
+from audio_frontend import AudioError, Cochlea, CochleaConfig, CochleaState, SpikeEvents, bin_events
 from audio_frontend.audio_io import decode_pcm, load_audio
+from audio_frontend.events import SpikeBinner
+from tests.conftest import FIXTURES
 
 COCHLEA = Cochlea()
 
@@ -168,3 +172,123 @@ def test_config_limits():
     assert Cochlea(CochleaConfig(channels=700)).config.channels == 700
     with pytest.raises(ValueError, match="channels"):
         CochleaConfig(channels=701)
+
+
+@pytest.fixture(scope="module")
+def many_streams() -> list[tuple[np.ndarray, int]]:
+    """18 streams of the recorded clips: int16, float32 and float32 at 22.05 kHz in turn."""
+    clips = [load_audio(path)[0] for path in sorted(FIXTURES.glob("*.wav"))]
+    streams = []
+    for k in range(18):
+        audio = clips[k % len(clips)]
+        if k % 3 == 0:
+            streams.append(((np.clip(audio, -1, 1) * 32767).astype(np.int16), 16000))
+        elif k % 3 == 1:
+            streams.append((audio, 16000))
+        else:
+            streams.append((soxr.resample(audio, 16000, 22050).astype(np.float32), 22050))
+    return streams
+
+
+def feed_batched(
+    cochlea: Cochlea, streams: list[tuple[np.ndarray, int]], seed: int, feed: Callable
+) -> list[CochleaState]:
+    """Feed the streams together, ``feed(batch, indices)`` per call, in chunks of random
+    odd sizes (0 and 1 sample too), each stream ending at its own call; the states."""
+    rng = np.random.default_rng(seed)
+    states = [cochlea.new_state(rate) for _, rate in streams]
+    done = [0] * len(streams)
+    while live := [k for k in range(len(streams)) if done[k] <= len(streams[k][0])]:
+        batch = []
+        for k in live:
+            size = int(rng.choice([0, 1, 160, 320, int(rng.integers(2, 1500))]))
+            final = done[k] + size >= len(streams[k][0])
+            batch.append((streams[k][0][done[k] : done[k] + size], states[k], final))
+            done[k] = len(streams[k][0]) + 1 if final else done[k] + size
+        feed(batch, live)
+    return states
+
+
+def test_batched_streams_give_each_stream_s_whole_file_events(many_streams):
+    parts: list[list[SpikeEvents]] = [[] for _ in many_streams]
+
+    def feed(batch: list, indices: list[int]) -> None:
+        for k, events in zip(indices, COCHLEA.process_many(batch), strict=True):
+            parts[k].append(events)
+
+    feed_batched(COCHLEA, many_streams, 0, feed)
+    for (audio, rate), events in zip(many_streams, parts, strict=True):
+        assert_same(SpikeEvents.concatenate(events, 64), COCHLEA.encode(audio, rate))
+
+
+def bin_batched(
+    cochlea: Cochlea, streams: list[tuple[np.ndarray, int]], bin_samples: int, fused: bool
+) -> tuple[list[np.ndarray], list[int], list[CochleaState]]:
+    """:func:`feed_batched`'s chunks binned per stream, from the events
+    (``process_many`` and ``SpikeBinner.add``) or fused (``process_many_binned`` and
+    ``SpikeBinner.add_counts``): each stream's bins, spike total and final state."""
+    binners = [SpikeBinner(cochlea.config.channels, bin_samples, 16000) for _ in streams]
+    bins: list[list[np.ndarray]] = [[] for _ in streams]
+    spikes = [0] * len(streams)
+
+    def feed(batch: list, indices: list[int]) -> None:
+        if fused:
+            binned = cochlea.process_many_binned(batch, bin_samples)
+            for k, (_, state, _), (first_bin, counts, n) in zip(
+                indices, batch, binned, strict=True
+            ):
+                bins[k].append(binners[k].add_counts(counts, first_bin, state.samples_done))
+                spikes[k] += n
+        else:
+            all_events = cochlea.process_many(batch)
+            for k, (_, state, _), events in zip(indices, batch, all_events, strict=True):
+                bins[k].append(binners[k].add(events, state.samples_done))
+                spikes[k] += len(events)
+
+    states = feed_batched(cochlea, streams, 1, feed)
+    rasters = [
+        np.concatenate([*b, binner.flush()]) for b, binner in zip(bins, binners, strict=True)
+    ]
+    return rasters, spikes, states
+
+
+@pytest.mark.parametrize("channels, bin_samples", [(64, 160), (64, 1), (13, 333)])
+def test_binned_counts_are_the_binned_events(many_streams, channels, bin_samples):
+    """The fused path gives every stream exactly the bins and spike totals of its
+    events through SpikeBinner.add, fed the same chunks, and leaves the same states."""
+    cochlea = Cochlea(CochleaConfig(channels=channels))
+    streams = many_streams[:6] if bin_samples == 1 else many_streams
+    events, spikes, states = bin_batched(cochlea, streams, bin_samples, fused=False)
+    counts, spikes_too, states_too = bin_batched(cochlea, streams, bin_samples, fused=True)
+    assert spikes_too == spikes and sum(spikes) > 10_000
+    for raster, twin in zip(events, counts, strict=True):
+        assert twin.dtype == raster.dtype == np.float32
+        assert np.array_equal(twin, raster)
+    for state, twin in zip(states, states_too, strict=True):
+        assert np.array_equal(state.memory, twin.memory)
+        assert state.samples_done == twin.samples_done
+
+
+def test_per_sample_counts_are_the_events(speech):
+    audio, rate = speech
+    events = COCHLEA.encode(audio, rate)
+    counts = COCHLEA.counts(audio, COCHLEA.new_state(rate))
+    assert counts.dtype == np.uint8 and counts.shape == (len(audio), 64)
+    expected = np.zeros_like(counts)
+    np.add.at(expected, (np.rint(events.times * rate).astype(np.int64), events.channels), 1)
+    assert np.array_equal(counts, expected)
+
+
+def test_binner_takes_counts_at_any_offset():
+    binner = SpikeBinner(2, 10, 1000)
+    assert binner.add_counts(np.array([[1.0, 0.0]], np.float32), 1, 5).shape == (0, 2)
+    done = binner.add_counts(np.array([[0.0, 2.0], [3.0, 0.0]], np.float32), 1, 25)
+    assert done.tolist() == [[0, 0], [1, 2]]
+    assert binner.flush().tolist() == [[3, 0]]
+    # A partial bin without spikes is not held, as with events: nothing to flush.
+    assert binner.add_counts(np.zeros((2, 2), np.float32), 3, 45).tolist() == [[0, 0]]
+    assert binner.flush().shape == (0, 2)
+    with pytest.raises(ValueError, match="already been binned"):
+        binner.add_counts(np.zeros((1, 2), np.float32), 2, 60)
+    with pytest.raises(ValueError, match="bin_samples"):
+        COCHLEA.process_many_binned([(np.zeros(10, np.float32), COCHLEA.new_state(), False)], 0)
