@@ -5,7 +5,9 @@ waiting in all sessions through the cochlea in one kernel call in a worker threa
 (numba releases the GIL), and, woken by new bins, waits one short tick for other
 streams' bins and then steps all streams that have bins ready as one batch, so
 the cost per stream falls as load rises (a stream that has fallen behind advances
-by up to ``MAX_STEP_BINS`` bins in that call).  Each
+by up to ``MAX_STEP_BINS`` bins in that call).  While any stream is live, one whose
+client sends faster than real time is stepped no further ahead of real time than
+``AHEAD_SLACK_S``: it gets a live stream's share of the network, not the server.  Each
 session gets its word events and can wait until its audio so far has been fully
 processed (the Vosk protocol answers every chunk).
 
@@ -41,6 +43,10 @@ MAX_BATCH = 256
 MAX_STEP_BINS = 13
 CATCH_UP_BINS = 25
 STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
+# How far ahead of real time (audio stepped vs wall time since the stream opened) a stream
+# may get while other streams are live: room for a client's pre-roll at connect, while a
+# client streaming 50x real time cannot take the network from everyone else.
+AHEAD_SLACK_S = 2.0
 INLINE_EVENTS = 4800  # spike chunks up to this size are binned on the event loop
 logger = logging.getLogger(__name__)
 
@@ -71,11 +77,20 @@ class Session:
         # Input samples per bin, at the client's rate: to count a chunk's bins at once.
         recognizer = scheduler.recognizer
         self._input_per_bin = recognizer.bin_s * stream.options.sample_rate
+        # Real time counts from AHEAD_SLACK_S before the stream opened: the slack is a head
+        # start, so a live stream (never ahead of the wall clock) is never held back.
+        self._real_time_from = time.perf_counter() - AHEAD_SLACK_S
+        self._bins_per_s = 1.0 / recognizer.bin_s
 
     @property
     def pending_bins(self) -> int:
         """Bins fed but not yet through the network, waiting audio included."""
         return len(self.stream.ready) + int(self._audio_waiting / self._input_per_bin)
+
+    def ahead(self, now: float) -> bool:
+        """Whether the network has taken the stream more than ``AHEAD_SLACK_S`` ahead of
+        the wall time since it opened: a live client's audio never gets there."""
+        return self.stream.bins_done > (now - self._real_time_from) * self._bins_per_s
 
     async def feed_audio(self, samples: np.ndarray, final: bool = False) -> None:
         """Queue a chunk for the cochlea (no wait: the scheduler runs the chunks of
@@ -268,8 +283,10 @@ class StreamScheduler:
             await asyncio.sleep(STEP_TICK_S)
             self._wake.clear()
             while True:
-                ready = [s for s in self.sessions if s.stream.ready]
+                ready, held = self._ready(time.perf_counter())
                 if not ready:
+                    if held:  # ahead of real time: their turn comes as the clock moves
+                        self._wake.set()
                     break
                 if len(ready) > MAX_BATCH:  # the streams furthest behind go first
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
@@ -289,3 +306,14 @@ class StreamScheduler:
                 for session, events in zip(ready, results, strict=True):
                     session._deliver(events)
                 await asyncio.sleep(0)  # let transports read and reply between steps
+
+    def _ready(self, now: float) -> tuple[list[Session], bool]:
+        """The sessions to step now, and whether any with bins was held back.  While
+        some stream is live, those ahead of real time wait for the clock (one step of
+        theirs at a time); without a live stream, every stream goes as fast as it can."""
+        ready = [s for s in self.sessions if s.stream.ready]
+        ahead = {s for s in self.sessions if s.ahead(now)}
+        if not ahead or len(ahead) == len(self.sessions):
+            return ready, False
+        live = [s for s in ready if s not in ahead]
+        return live, len(live) < len(ready)

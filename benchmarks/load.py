@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -302,6 +303,186 @@ async def run_client(
     result.done_at = time.monotonic()
 
 
+# =========================================================================== abusive clients
+
+FAST_CHUNK_S = 0.1  # a fast client's messages: 100 ms of audio each
+FAST_SPEED = 50.0  # times real time (0: as fast as the socket takes it)
+TINY_BYTES = 4  # a tiny client's messages: 2 samples each, 8000 a second at real time
+TINY_TICK_S = 0.01  # a tiny client writes the messages due every 10 ms as one blob
+TINY_BUFFER = 1 << 16  # a tiny client waits while this much is unsent (socket backpressure)
+
+
+@dataclass
+class Abuse:
+    """The abusive clients of a run and how they send."""
+
+    clients: list[AbusiveResult]
+    fast_speed: float = FAST_SPEED
+    tiny_speed: float = 1.0
+    tiny_bytes: int = TINY_BYTES
+
+
+@dataclass
+class AbusiveResult:
+    """One client that streams faster than real time (``fast``) or in tiny messages
+    (``tiny``), its audio the sequence repeated for the normal streams' whole run."""
+
+    index: int
+    kind: str  # "fast" or "tiny"
+    sequence: Sequence
+    messages: int = 0
+    samples: int = 0  # audio handed to the socket
+    sends: list[tuple[float, float]] = field(default_factory=list)  # (stream s, wallclock)
+    send_s: float | None = None  # wall time spent sending, until eof or the server's close
+    events: list[tuple[float, dict]] = field(default_factory=list)
+    got_eof: bool = False
+    close_code: int | None = None
+    close_reason: str | None = None
+    error: str | None = None
+
+
+def _frames(payload: bytes, size: int) -> bytes:
+    """``payload`` as client frames (binary, masked with a zero key, which leaves the
+    bytes as they are) of ``size`` bytes each, for one write: thousands of messages a
+    second cost the benchmark's client almost nothing, and the server all of its work."""
+    header = bytes([0x82, 0x80 | size]) + b"\0\0\0\0"
+    return b"".join(header + payload[i : i + size] for i in range(0, len(payload), size))
+
+
+async def run_abusive_client(
+    result: AbusiveResult,
+    url: str,
+    start_at: float,
+    until: float,
+    partials: bool,
+    timeout: float,
+    abuse: Abuse,
+) -> None:
+    """Stream until ``until`` (monotonic), then eof; ``fast``: 100 ms messages at
+    ``abuse.fast_speed`` times real time (0: as fast as the socket takes them); ``tiny``:
+    ``abuse.tiny_bytes`` messages at ``abuse.tiny_speed`` times real time."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    pcm = result.sequence.s16le()
+    looped = pcm + pcm  # any span of at most len(pcm) bytes, from any start, without wrapping
+    closed = asyncio.Event()
+
+    async def receive(ws) -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    event = json.loads(message)
+                    result.events.append((time.monotonic(), event))
+                    result.got_eof |= event.get("type") == "eof"
+        except ConnectionClosed:
+            pass
+        closed.set()
+
+    def take(n_bytes: int) -> bytes:
+        """The next ``n_bytes`` (at most the sequence's length) of the looped audio."""
+        start = (2 * result.samples) % len(pcm)
+        data = looped[start : start + n_bytes]
+        result.samples += n_bytes // 2
+        result.sends.append((result.samples / RATE, time.monotonic()))
+        return data
+
+    async def send_fast(ws) -> None:
+        step = 2 * round(RATE * FAST_CHUNK_S)
+        speed = abuse.fast_speed
+        t0 = time.monotonic()
+        while time.monotonic() < until and not closed.is_set():
+            if speed > 0:
+                delay = t0 + result.samples / RATE / speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await ws.send(take(step))  # waits while the socket's buffer is full
+            result.messages += 1
+
+    async def send_tiny(ws) -> None:
+        tiny_bytes = abuse.tiny_bytes
+        per_s = 2 * RATE * abuse.tiny_speed / tiny_bytes  # messages a second
+        t0 = time.monotonic()
+        while time.monotonic() < until and not closed.is_set():
+            await asyncio.sleep(TINY_TICK_S)
+            if ws.transport.is_closing():
+                break
+            if ws.transport.get_write_buffer_size() > TINY_BUFFER:
+                continue  # the server reads no faster: wait, as a real client would
+            due = int((time.monotonic() - t0) * per_s) - result.messages
+            due = min(due, len(pcm) // tiny_bytes)  # after a stall, at most one sequence
+            if due > 0:
+                ws.transport.write(_frames(take(due * tiny_bytes), tiny_bytes))
+                result.messages += due
+
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            async with connect(
+                url, open_timeout=30, close_timeout=10, ping_interval=None, max_size=2**22
+            ) as ws:
+                config = {"sample_rate": RATE, "format": "s16le", "partials": partials}
+                await ws.send(json.dumps({"config": {**config, "unknown": True}}))
+                receiver = asyncio.create_task(receive(ws))
+                began = time.monotonic()
+                await (send_fast(ws) if result.kind == "fast" else send_tiny(ws))
+                result.send_s = time.monotonic() - began
+                if not closed.is_set():
+                    await ws.send(json.dumps({"eof": 1}))
+                await receiver
+                result.close_code = ws.close_code
+                result.close_reason = ws.close_reason or None
+    except TimeoutError:
+        result.error = f"timed out after {timeout:.0f} s"
+    except ConnectionClosed as error:
+        result.close_code = error.rcvd.code if error.rcvd is not None else 1006
+        result.close_reason = error.rcvd.reason if error.rcvd is not None else None
+    except Exception as error:  # a failed client is a result, not a crash
+        result.error = f"{type(error).__name__}: {error}"
+    if result.send_s is None:
+        result.send_s = time.monotonic() - began
+
+
+def _abusive_latency(result: AbusiveResult) -> list[float]:
+    """Each partial's receive - send of the message holding the partial's time."""
+    ends = [s for s, _ in result.sends]
+    latency = []
+    for received, event in result.events:
+        if event.get("type") == "partial" and ends:
+            k = min(bisect.bisect_left(ends, event["time"] - 1e-9), len(ends) - 1)
+            latency.append(received - result.sends[k][1])
+    return latency
+
+
+def analyse_abusive(result: AbusiveResult, normal_end: float | None) -> dict:
+    """What the client sent, how fast, how it ended, its own partial latency, and how far
+    the server had taken its stream when the last normal stream ended (by its words'
+    times: its share of the server while the normal streams ran, whatever the CPU)."""
+    reached = [
+        event.get("end", event.get("time", 0.0))
+        for received, event in result.events
+        if event.get("type") in ("partial", "final")
+        and (normal_end is None or received <= normal_end)
+    ]
+    audio_s = result.samples / RATE
+    send_s = result.send_s or 0.0
+    return {
+        "kind": result.kind,
+        "messages": result.messages,
+        "audio_s_sent": audio_s,
+        "send_s": send_s,
+        "messages_per_s": result.messages / send_s if send_s else None,
+        "times_real_time": audio_s / send_s if send_s else None,
+        "got_eof": result.got_eof,
+        "close_code": result.close_code,
+        "close_reason": result.close_reason,
+        "error": result.error,
+        "latency_partial_s": percentiles(_abusive_latency(result)),
+        "stream_s_done_while_normal_ran": max(reached, default=0.0),
+    }
+
+
 def analyse_client(result: ClientResult, hangover_s: float = HANGOVER_S) -> dict:
     partial_lat, final_lat, finals, flushed = [], [], [], 0
     sends = result.send_times
@@ -373,6 +554,7 @@ async def run_load(
     timeout: float,
     monitor: ProcessMonitor | None,
     chunk: int = CHUNK,
+    abuse: Abuse | None = None,
 ) -> tuple[list[ClientResult], dict]:
     import psutil
 
@@ -394,11 +576,17 @@ async def run_load(
             lag.append(time.monotonic() - t - 0.01)
 
     probe = asyncio.create_task(lag_probe())
+    # The abusive clients stream from the first normal client's start to the last one's end.
+    until = start + ramp + max((s.seconds for s in sequences), default=0.0)
     await asyncio.gather(
         *(
             run_client(r, url, start + ramp * i / max(1, n), partials, timeout)
             for i, r in enumerate(results)
-        )
+        ),
+        *(
+            run_abusive_client(a, url, start, until, partials, timeout, abuse)
+            for a in (abuse.clients if abuse else [])
+        ),
     )
     stop.set()
     await probe
@@ -424,6 +612,17 @@ def one_run(
 ) -> dict:
     rng = random.Random(args.seed * 1000 + n)
     sequences = [build_sequence(library, rng, seconds=args.seconds) for _ in range(n)]
+    # Their own generator: the normal streams' audio is the same with or without them.
+    abuse_rng = random.Random(args.seed * 1000 + n + 500)
+    abuse = Abuse(
+        [
+            AbusiveResult(i, kind, build_sequence(library, abuse_rng, seconds=args.seconds))
+            for i, kind in enumerate(["fast"] * args.fast_clients + ["tiny"] * args.tiny_clients)
+        ],
+        args.fast_speed,
+        args.tiny_speed,
+        args.tiny_bytes,
+    )
     server = None
     if args.url:
         ws_url = args.url
@@ -461,7 +660,14 @@ def one_run(
         loop_run = _event_loop_runner(args.no_uvloop)
         results, window = loop_run(
             run_load(
-                ws_url, sequences, args.ramp, not args.no_partials, timeout, monitor, args.chunk
+                ws_url,
+                sequences,
+                args.ramp,
+                not args.no_partials,
+                timeout,
+                monitor,
+                args.chunk,
+                abuse,
             )
         )
         time.sleep(0.3)
@@ -487,6 +693,12 @@ def one_run(
     audio_delta = (
         after.get("audio_seconds_v1", 0) - before.get("audio_seconds_v1", 0) if after else None
     )
+    normal_end = max((r.done_at for r in results if r.done_at is not None), default=None)
+    abusive = [analyse_abusive(a, normal_end) for a in abuse.clients]
+    # Audio the server must have counted: the normal streams', and all of an abusive
+    # client's that got its eof; of one closed early, any part.
+    abusive_done = sum(a["audio_s_sent"] for a in abusive if a["got_eof"])
+    abusive_sent = sum(a["audio_s_sent"] for a in abusive)
     errors = sorted({r.error for r in results if r.error})
     verification = None
     if args.verify and model and (args.model or not args.url):
@@ -520,7 +732,9 @@ def one_run(
             "server_audio_seconds_delta": audio_delta,
             "audio_seconds_sent": sent_audio,
             "server_counted_all_audio": (
-                abs(audio_delta - sent_audio) < 1e-3 if audio_delta is not None else None
+                sent_audio + abusive_done - 1e-3 <= audio_delta <= sent_audio + abusive_sent + 1e-3
+                if audio_delta is not None
+                else None
             ),
             "offline_verification": verification,
         },
@@ -562,6 +776,24 @@ def one_run(
                 if server_cpu["cores"] is not None
                 else None
             ),
+        },
+    }
+    report["abusive"] = {
+        "fast_clients": args.fast_clients,
+        "fast_speed": args.fast_speed,
+        "tiny_clients": args.tiny_clients,
+        "tiny_bytes": args.tiny_bytes,
+        "tiny_speed": args.tiny_speed,
+        "clients": abusive,
+        "audio_s_sent": abusive_sent,
+        # What the server took from them (its counter, less the normal streams' audio).
+        "server_audio_s": audio_delta - sent_audio if audio_delta is not None else None,
+        "closed_codes": sorted({a["close_code"] for a in abusive if not a["got_eof"]}, key=str),
+        "latency_partial_s": {
+            kind: percentiles(
+                [x for a in abuse.clients if a.kind == kind for x in _abusive_latency(a)]
+            )
+            for kind in ("fast", "tiny")
         },
     }
     if server is not None and not all(c["ok"] for c in per_client):
@@ -614,6 +846,40 @@ def _mark(ok: bool) -> str:
     return "[green]yes[/]" if ok else "[red]NO[/]"
 
 
+def _abusive_latency_cell(kind: str) -> Callable[[dict], str]:
+    def cell(r: dict) -> str:
+        lat = r["abusive"]["latency_partial_s"][kind]
+        return "{}/{} ms (n={})".format(_ms(lat["p50"]), _ms(lat["p95"]), lat["n"])
+
+    return cell
+
+
+def _abusive_sent_cell(kind: str) -> Callable[[dict], str]:
+    def cell(r: dict) -> str:
+        clients = [a for a in r["abusive"]["clients"] if a["kind"] == kind]
+        if not clients:
+            return "-"
+        return "{:.0f} s, {}x, {}".format(
+            sum(a["audio_s_sent"] for a in clients),
+            _num(min(a["times_real_time"] or 0 for a in clients), ".1f"),
+            _num(min(a["messages_per_s"] or 0 for a in clients), ".0f"),
+        )
+
+    return cell
+
+
+def _abusive_end_cell(kind: str) -> Callable[[dict], str]:
+    def cell(r: dict) -> str:
+        clients = [a for a in r["abusive"]["clients"] if a["kind"] == kind]
+        if not clients:
+            return "-"
+        codes = sorted({str(a["close_code"]) for a in clients if not a["got_eof"]})
+        closed = len(clients) - sum(a["got_eof"] for a in clients)
+        return f"{len(clients) - closed} / {closed}" + (f" ({', '.join(codes)})" if codes else "")
+
+    return cell
+
+
 def print_report(report: dict) -> None:
     from rich.table import Table
 
@@ -627,7 +893,14 @@ def print_report(report: dict) -> None:
     table = Table(title=f"spikeear /v1/stream under real-time load ({chunk_ms} ms s16le chunks)")
     table.add_column("")
     for r in runs:
-        table.add_column(f"{r['streams']} x {r['seconds_per_stream']:g} s", justify="right")
+        abusive = r["abusive"]
+        extra = [
+            f"{k} {kind}"
+            for k, kind in ((abusive["fast_clients"], "fast"), (abusive["tiny_clients"], "tiny"))
+            if k
+        ]
+        title = f"{r['streams']} x {r['seconds_per_stream']:g} s"
+        table.add_column(" + ".join([title, *extra]), justify="right")
 
     def row(name: str, fn) -> None:
         table.add_row(name, *(fn(r) for r in runs))
@@ -682,6 +955,12 @@ def print_report(report: dict) -> None:
             _ms(r["client"]["send_late_s"]["p95"]), _ms(r["client"]["send_late_s"]["max"])
         ),
     )
+    if any(r["abusive"]["clients"] for r in runs):
+        for kind in ("fast", "tiny"):
+            row(f"{kind} clients: partial latency p50/p95", _abusive_latency_cell(kind))
+            row("  ... audio sent, x real time, msgs/s", _abusive_sent_cell(kind))
+            row("  ... eof / closed (code)", _abusive_end_cell(kind))
+        row("server audio s from abusive", lambda r: _num(r["abusive"]["server_audio_s"], ".1f"))
     row(
         "other processes' CPU (cores)",
         lambda r: _num(r["machine"]["other_cores"]),
@@ -701,6 +980,12 @@ def print_report(report: dict) -> None:
         )
         if r["dropped"]["errors"]:
             out.print(f"  [red]client errors[/]: {r['dropped']['errors']}")
+        for a in r["abusive"]["clients"]:
+            if not a["got_eof"]:
+                out.print(
+                    f"  {a['kind']} client closed by the server: {a['close_code']} "
+                    f"{a['close_reason'] or a['error'] or ''}"
+                )
         if r["server"].get("log_tail"):
             out.print(f"  server log tail:\n{r['server']['log_tail']}")
         diffs = (r["dropped"]["offline_verification"] or {}).get("differences")
@@ -757,6 +1042,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify", type=int, default=3, help="streams checked against offline")
     p.add_argument("--no-partials", action="store_true", help="ask the server for no partials")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib asyncio loop")
+    p.add_argument(
+        "--fast-clients",
+        type=int,
+        default=0,
+        help="abusive clients besides the streams: each streams its audio, looped, in 100 ms "
+        "messages at --fast-speed times real time for the whole run",
+    )
+    p.add_argument(
+        "--fast-speed",
+        type=float,
+        default=FAST_SPEED,
+        help="times real time for --fast-clients (0: as fast as the socket takes it)",
+    )
+    p.add_argument(
+        "--tiny-clients",
+        type=int,
+        default=0,
+        help="abusive clients besides the streams: each streams its audio, looped, in "
+        "--tiny-bytes messages (thousands a second) for the whole run",
+    )
+    p.add_argument(
+        "--tiny-bytes", type=int, default=TINY_BYTES, help="bytes per --tiny-clients message"
+    )
+    p.add_argument(
+        "--tiny-speed", type=float, default=1.0, help="times real time for --tiny-clients"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = p.parse_args(argv)
@@ -770,6 +1081,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.streams]
     if any(not 1 <= c <= 1000 for c in counts):
         p.error("stream counts must be between 1 and 1000")
+    if not (0 <= args.fast_clients <= 100 and 0 <= args.tiny_clients <= 100):
+        p.error("--fast-clients and --tiny-clients must be between 0 and 100")
+    if not 0 <= args.fast_speed <= 1000 or not 0 < args.tiny_speed <= 100:
+        p.error("--fast-speed must be in [0, 1000], --tiny-speed in (0, 100]")
+    if not 2 <= args.tiny_bytes <= 124 or args.tiny_bytes % 2:
+        p.error("--tiny-bytes must be an even number from 2 to 124 (whole s16le samples)")
     if not 1 <= args.repeat <= 20:
         p.error("--repeat must be between 1 and 20")
     args.counts = [c for c in counts for _ in range(args.repeat)]

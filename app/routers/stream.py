@@ -36,6 +36,16 @@ from models.recognizer import Stream, StreamActivity, StreamOptions
 
 router = APIRouter()
 ACTIVITY_INTERVAL_S = 0.05  # "activity" messages: at most one per 50 ms of audio
+# Each message costs the server the same whatever it holds: a stream may send at most this
+# many per second of its audio (2 ms of audio each at 16 kHz; a browser's 128-sample frames
+# at 48 kHz are 375 a second), plus MESSAGE_ALLOWANCE more (empty ones, a silent spike
+# source), or it is closed with 1008, before thousands of tiny messages tie up a worker.
+MAX_MESSAGES_PER_AUDIO_S = 500
+MESSAGE_ALLOWANCE = 2000
+TOO_MANY_MESSAGES = (
+    f"too many messages: at most {MAX_MESSAGES_PER_AUDIO_S} per second of audio; "
+    "send 20-250 ms of audio per message"
+)
 _NO_EVENT = object()
 
 
@@ -161,6 +171,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     pending_limit = int(settings.max_pending_seconds / recognizer.bin_s)
     audio_seconds = services.metrics.audio_seconds.labels("v1")  # looked up once, not per chunk
     stream_s = 0.0  # audio seconds sent so far
+    messages = 0  # binary messages so far
     services.metrics.active_streams.labels("v1").inc()
     closing = services.streams.register()
     inbox = Inbox(websocket, closing, settings.max_message_bytes)
@@ -194,6 +205,10 @@ async def stream_endpoint(websocket: WebSocket) -> None:
                 )
             stream_s = chunk_end_s(config, data, stream_s)
             check_stream_length(services, stream_s)
+            messages += 1
+            if messages > MAX_MESSAGES_PER_AUDIO_S * stream_s + MESSAGE_ALLOWANCE:
+                services.metrics.limit_hits.labels("max_messages_per_audio_s").inc()
+                raise ProtocolError(CLOSE_POLICY, TOO_MANY_MESSAGES)
             if session is None:
                 session, sender = _open(services, websocket, config)
             # Backpressure: a client far ahead of the network waits here (bounded memory).
