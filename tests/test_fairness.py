@@ -3,7 +3,7 @@ messages, must not delay other streams.
 
 A stream ahead of real time gets a live stream's share of the network while other
 streams are live (app/scheduler.py); a stream of tiny messages is closed with 1008
-(app/routers/stream.py).  Normal clients lose no audio and their finals equal an
+(app/routers/common.py, for /v1/stream and /vosk).  Normal clients lose no audio and their finals equal an
 offline transcription, and so do fast clients that are held back.
 """
 
@@ -23,7 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.sync.client import connect
 
 import app.scheduler
-from app.routers.stream import MAX_MESSAGES_PER_AUDIO_S, MESSAGE_ALLOWANCE
+from app.routers.common import MAX_MESSAGES_PER_AUDIO_S, MESSAGE_ALLOWANCE
 from app.scheduler import MAX_STEP_BINS, StreamScheduler
 from app.server import create_app
 from app.settings import Settings
@@ -137,6 +137,17 @@ def test_thousands_of_tiny_messages_close_the_stream_with_1008(controlled_client
     assert closed.value.code == 1008 and "per second of audio" in closed.value.reason
     metrics = controlled_client.get("/metrics").text
     assert 'spikeear_limit_hits_total{limit="max_messages_per_audio_s"} 1.0' in metrics
+
+
+def test_tiny_messages_close_a_vosk_stream_with_1008_too(controlled_client):
+    two_samples = np.zeros(2, np.int16).tobytes()
+    with controlled_client.websocket_connect("/vosk") as ws:
+        for _ in range(MESSAGE_ALLOWANCE + 200):
+            ws.send_bytes(two_samples)
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                ws.receive_text()  # each message answered, until the limit
+    assert closed.value.code == 1008 and "per second of audio" in closed.value.reason
 
 
 def test_messages_of_2_ms_are_all_taken(controlled_client, controlled_model):

@@ -27,6 +27,18 @@ SHUTDOWN_REASON = "server shutting down; reconnect"  # through a balancer: to an
 SPIKE_RECORD = np.dtype([("time_us", "<u4"), ("channel", "<u2")])
 
 
+# Each message costs the server the same whatever it holds: a stream may send at most this
+# many per second of its audio (2 ms of audio each at 16 kHz; a browser's 128-sample frames
+# at 48 kHz are 375 a second), plus MESSAGE_ALLOWANCE more (empty ones, a silent spike
+# source), or it is closed with 1008, before thousands of tiny messages tie up a worker.
+MAX_MESSAGES_PER_AUDIO_S = 500
+MESSAGE_ALLOWANCE = 2000
+TOO_MANY_MESSAGES = (
+    f"too many messages: at most {MAX_MESSAGES_PER_AUDIO_S} per second of audio; "
+    "send 20-250 ms of audio per message"
+)
+
+
 class ProtocolError(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
@@ -162,6 +174,13 @@ class Inbox:
 
 def _size(message: dict) -> int:
     return len(message.get("bytes") or b"") + len(message.get("text") or "")
+
+
+def check_message_rate(services: Any, messages: int, seconds: float) -> None:
+    """Refuse a stream of many tiny messages (1008): see MAX_MESSAGES_PER_AUDIO_S."""
+    if messages > MAX_MESSAGES_PER_AUDIO_S * seconds + MESSAGE_ALLOWANCE:
+        services.metrics.limit_hits.labels("max_messages_per_audio_s").inc()
+        raise ProtocolError(CLOSE_POLICY, TOO_MANY_MESSAGES)
 
 
 def check_stream_length(services: Any, seconds: float) -> None:

@@ -22,6 +22,7 @@ from app.routers.common import (
     SPIKE_RECORD,
     Inbox,
     ProtocolError,
+    check_message_rate,
     check_stream_length,
     close_with_error,
     decode_spike_records,
@@ -36,16 +37,6 @@ from models.recognizer import Stream, StreamActivity, StreamOptions
 
 router = APIRouter()
 ACTIVITY_INTERVAL_S = 0.05  # "activity" messages: at most one per 50 ms of audio
-# Each message costs the server the same whatever it holds: a stream may send at most this
-# many per second of its audio (2 ms of audio each at 16 kHz; a browser's 128-sample frames
-# at 48 kHz are 375 a second), plus MESSAGE_ALLOWANCE more (empty ones, a silent spike
-# source), or it is closed with 1008, before thousands of tiny messages tie up a worker.
-MAX_MESSAGES_PER_AUDIO_S = 500
-MESSAGE_ALLOWANCE = 2000
-TOO_MANY_MESSAGES = (
-    f"too many messages: at most {MAX_MESSAGES_PER_AUDIO_S} per second of audio; "
-    "send 20-250 ms of audio per message"
-)
 _NO_EVENT = object()
 
 
@@ -206,9 +197,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
             stream_s = chunk_end_s(config, data, stream_s)
             check_stream_length(services, stream_s)
             messages += 1
-            if messages > MAX_MESSAGES_PER_AUDIO_S * stream_s + MESSAGE_ALLOWANCE:
-                services.metrics.limit_hits.labels("max_messages_per_audio_s").inc()
-                raise ProtocolError(CLOSE_POLICY, TOO_MANY_MESSAGES)
+            check_message_rate(services, messages, stream_s)
             if session is None:
                 session, sender = _open(services, websocket, config)
             # Backpressure: a client far ahead of the network waits here (bounded memory).

@@ -24,6 +24,7 @@ from app.routers.common import (
     SHUTDOWN_REASON,
     Inbox,
     ProtocolError,
+    check_message_rate,
     check_stream_length,
     close_with_error,
     parse_json,
@@ -175,6 +176,7 @@ async def vosk_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     vosk = VoskSession(services)
     stream_s = 0.0  # audio seconds sent so far, resets included
+    messages = 0  # audio messages so far
     services.metrics.active_streams.labels("vosk").inc()
     closing = services.streams.register()
     inbox = Inbox(websocket, closing, services.settings.max_message_bytes)
@@ -204,6 +206,8 @@ async def vosk_endpoint(websocket: WebSocket) -> None:
             chunk_s = len(data) / 2 / vosk.config.sample_rate
             stream_s += chunk_s
             check_stream_length(services, stream_s)
+            messages += 1
+            check_message_rate(services, messages, stream_s)
             services.metrics.audio_seconds.labels("vosk").inc(chunk_s)
             await websocket.send_text(vosk_json(await vosk.accept_waveform(data)))
     except ProtocolError as error:
