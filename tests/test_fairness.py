@@ -3,8 +3,8 @@ messages, must not delay other streams.
 
 A stream ahead of real time gets a live stream's share of the network while other
 streams are live (app/scheduler.py); a stream of tiny messages is closed with 1008
-(app/routers/common.py, for /v1/stream and /vosk).  Normal clients lose no audio and their finals equal an
-offline transcription, and so do fast clients that are held back.
+(app/routers/common.py, for /v1/stream and /vosk).  Normal clients lose no audio and
+their finals equal an offline transcription, and so do fast clients that are held back.
 """
 
 from __future__ import annotations
