@@ -4,8 +4,8 @@ Transports feed audio into their :class:`Session`; the scheduler runs the audio
 waiting in all sessions through the cochlea in one kernel call in a worker thread
 (numba releases the GIL), and, woken by new bins, waits one short tick for other
 streams' bins and then steps all streams that have bins ready as one batch, so
-the cost per stream falls as load rises (a stream that has fallen behind advances
-by up to ``MAX_STEP_BINS`` bins in that call).  While any stream is live, one whose
+the cost per stream falls as load rises (each stream advances by all its ready bins,
+up to ``MAX_STEP_BINS``, in that call).  While any stream is live, one whose
 client sends faster than real time is stepped no further ahead of real time than
 ``AHEAD_SLACK_S``: it gets a live stream's share of the network, not the server.  Each
 session gets its word events and can wait until its audio so far has been fully
@@ -36,12 +36,11 @@ from models.decoding import WordEvent
 from models.recognizer import Recognizer, Stream, StreamOptions
 
 MAX_BATCH = 256
-# A stream that has fallen behind (more than CATCH_UP_BINS ready, 0.5 s of audio at
-# 20 ms bins) catches up by up to MAX_STEP_BINS bins per network call, rather than one
-# call per bin: less CPU per bin under overload.  Streams keeping up advance one bin
-# per call, which gives the lowest latency (one long call blocks the event loop).
+# Each step advances a stream by all its ready bins, up to MAX_STEP_BINS: a live stream's
+# message's bins (two of 10 ms in a 20 ms message) in one network call rather than one call
+# each (a quarter less CPU per bin), and a stream that has fallen behind catches up in a
+# few calls, each short enough not to hold the event loop up for long.
 MAX_STEP_BINS = 13
-CATCH_UP_BINS = 25
 STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
 # How far ahead of real time (audio stepped vs wall time since the stream opened) a stream
 # may get while other streams are live: room for a client's pre-roll at connect, while a
@@ -292,9 +291,7 @@ class StreamScheduler:
                     ready = heapq.nlargest(MAX_BATCH, ready, key=lambda s: s.pending_bins)
                 started = time.perf_counter()
                 try:
-                    results = self.recognizer.step(
-                        [s.stream for s in ready], MAX_STEP_BINS, CATCH_UP_BINS
-                    )
+                    results = self.recognizer.step([s.stream for s in ready], MAX_STEP_BINS)
                 except Exception as error:  # a bug must not stall every other stream
                     logger.exception("network step failed")
                     for session in ready:

@@ -34,7 +34,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from app.scheduler import CATCH_UP_BINS, MAX_STEP_BINS
+from app.scheduler import MAX_STEP_BINS
 from benchmarks.common import FIXTURES, RATE, read_audio
 from models.model_file import load_model
 from models.recognizer import Recognizer, StreamOptions
@@ -68,7 +68,7 @@ def run_round(recognizer: Recognizer, audio: np.ndarray) -> tuple[float, float, 
         recognizer.feed_audio_many(chunks)
         fed = time.thread_time()
         while ready := [s for s in streams if s.ready]:
-            for events in recognizer.step(ready, MAX_STEP_BINS, CATCH_UP_BINS):
+            for events in recognizer.step(ready, MAX_STEP_BINS):
                 digest.update(repr(events).encode())
         step_s += time.thread_time() - fed
         feed_s += fed - began

@@ -264,26 +264,22 @@ class Recognizer:
 
     # ----- stepping ---------------------------------------------------------------------
     @torch.inference_mode()
-    def step(
-        self, streams: list[Stream], max_bins: int = 1, catch_up: int = 0
-    ) -> list[list[WordEvent]]:
-        """Advance each stream by its next ready bin, or, for a stream holding more than
-        ``catch_up`` ready bins, by up to ``max_bins`` of them; returns each stream's
-        word events.
+    def step(self, streams: list[Stream], max_bins: int = 1) -> list[list[WordEvent]]:
+        """Advance each stream by its ready bins, up to ``max_bins`` of them; returns
+        each stream's word events.
 
-        One bin per stream (live streaming) is one network call for all of them.  A
-        stream that has fallen behind, or a whole recording, advances by many bins in
-        a call: less work per bin, but a longer call.  Its bins are cut at the rests
-        the endpointer decided, and all the pieces of all the streams run as a few
-        batched sequences.
+        All streams' bins go through the network together: one bin per stream is one
+        network call for all of them, a few bins each (a 20 ms message holds two 10 ms
+        bins) or a stream that has fallen behind cost less per bin, and a whole
+        recording advances in long calls.  A window's bins are cut at the rests the
+        endpointer decided, and all the pieces of all the streams run as a few batched
+        sequences; the words do not depend on how the bins were grouped.
         """
         custom = self.custom_words  # one set for the whole step
         windows = []
         for stream in streams:
-            behind = max_bins > 1 and len(stream.ready) > catch_up
-            n = min(max_bins if behind else 1, len(stream.ready))
-            windows.append(stream.ready[:n])
-            del stream.ready[:n]
+            windows.append(stream.ready[:max_bins])
+            del stream.ready[:max_bins]
         describe = bool(custom) or any(s.options.describe_words for s in streams)
         results = []
         for stream, window, output in zip(

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from app.scheduler import CATCH_UP_BINS, MAX_STEP_BINS
+from app.scheduler import MAX_STEP_BINS
 from models.model_file import load_model
 from models.network import Classifier, NetworkConfig, StatePool
 from models.recognizer import Recognizer, Stream, StreamOptions
@@ -88,9 +88,7 @@ def step_like_the_server(
             ]
         )
         while ready := [s for s in streams if s.ready]:
-            for stream, found in zip(
-                ready, recognizer.step(ready, MAX_STEP_BINS, CATCH_UP_BINS), strict=True
-            ):
+            for stream, found in zip(ready, recognizer.step(ready, MAX_STEP_BINS), strict=True):
                 events[index[id(stream)]] += found
     return streams, events
 
