@@ -114,19 +114,28 @@ class Inbox:
         self._early: deque[dict] = deque()
         self._early_bytes = 0
         self._next: asyncio.Task | None = None  # the receive in progress
-        # One waiter for the shutdown for the stream's whole life, not one per message
-        # (a live stream receives 50 messages a second).
-        self._closing: asyncio.Task | None = None
+        self._closing: asyncio.Task | None = None  # see _watch_closing
 
     async def receive(self) -> dict:
         if self._early:
             message = self._early.popleft()
             self._early_bytes -= _size(message)
             return message
-        next_message = self._reading()
-        await self._first_of({next_message}, shutdown=True)
+        if self.closing.is_set():
+            raise ShuttingDown
+        self._watch_closing()
+        reading = self._reading()
+        try:
+            # The read alone, not asyncio.wait with the shutdown: a live stream receives 50
+            # messages a second, and a shutdown cancels the read instead (_interrupt).
+            message = await reading
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.closing.is_set() and not (current and current.cancelling()):
+                raise ShuttingDown from None
+            raise
         self._next = None
-        return next_message.result()
+        return message
 
     async def wait(self, work: Awaitable[object], shutdown: bool = True) -> None:
         """Wait for ``work``: WebSocketDisconnect as soon as the client leaves, and
@@ -155,6 +164,19 @@ class Inbox:
                 task.cancel()
         self._next = self._closing = None
 
+    def _watch_closing(self) -> asyncio.Task:
+        """One waiter for the shutdown for the stream's whole life; it ends the read in
+        progress, so that a :meth:`receive` waiting for the client hears of it."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.closing.wait())
+            self._closing.add_done_callback(self._interrupt)
+        return self._closing
+
+    def _interrupt(self, closing: asyncio.Task) -> None:
+        if not closing.cancelled() and self._next is not None:
+            self._next.cancel()
+            self._next = None
+
     def _reading(self) -> asyncio.Task:
         if self._next is None:
             self._next = asyncio.ensure_future(self.websocket.receive())
@@ -164,9 +186,7 @@ class Inbox:
         if shutdown and self.closing.is_set():
             raise ShuttingDown
         if shutdown:
-            if self._closing is None:
-                self._closing = asyncio.ensure_future(self.closing.wait())
-            waits = {*waits, self._closing}
+            waits = {*waits, self._watch_closing()}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if shutdown and self.closing.is_set():
             raise ShuttingDown
