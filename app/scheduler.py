@@ -1,12 +1,12 @@
 """Steps every active stream's network together, in one batch.
 
-Transports feed audio into their :class:`Session`; the scheduler runs the audio
-waiting in all sessions through the cochlea in one kernel call in a worker thread
-(numba releases the GIL), and, woken by new bins, waits one short tick for other
-streams' bins and then steps all streams that have bins ready as one batch, so
-the cost per stream falls as load rises (each stream advances by all its ready bins,
-up to ``MAX_STEP_BINS``, in that call).  While any stream is live, one whose
-client sends faster than real time is stepped no further ahead of real time than
+Transports feed audio into their :class:`Session`; the scheduler, woken by audio, waits
+one short tick for other streams' audio and runs all of it through the cochlea in one
+kernel call in a worker thread (numba releases the GIL), and, woken by new bins, waits
+one short tick for other streams' bins and then steps all streams that have bins ready
+as one batch, so the cost per stream falls as load rises (each stream advances by all
+its ready bins, up to ``MAX_STEP_BINS``, in that call).  While any stream is live, one
+whose client sends faster than real time is stepped no further ahead of real time than
 ``AHEAD_SLACK_S``: it gets a live stream's share of the network, not the server.  Each
 session gets its word events and can wait until its audio so far has been fully
 processed (the Vosk protocol answers every chunk).
@@ -41,6 +41,10 @@ MAX_BATCH = 256
 # each (a quarter less CPU per bin), and a stream that has fallen behind catches up in a
 # few calls, each short enough not to hold the event loop up for long.
 MAX_STEP_BINS = 13
+# A woken cochlea waits this long for other streams' chunks, so that one kernel call serves
+# many streams: each call hands the GIL to and from the event loop, and at 10 streams those
+# handoffs cost more than the kernel (measured: docs/performance.md), for ~10 ms of latency.
+COCHLEA_TICK_S = 0.01
 STEP_TICK_S = 0.02  # a woken scheduler waits one bin, so one step serves many streams
 # How far ahead of real time (audio stepped vs wall time since the stream opened) a stream
 # may get while other streams are live: room for a client's pre-roll at connect, while a
@@ -258,6 +262,7 @@ class StreamScheduler:
         the next call, so a slow call never limits a stream to one chunk per call."""
         while True:
             await self._audio_waiting.wait()
+            await asyncio.sleep(COCHLEA_TICK_S)
             self._audio_waiting.clear()
             sessions = [s for s in self._audio_sessions if s.error is None]
             self._audio_sessions = {}
