@@ -20,7 +20,7 @@ LIMITS = (
     "max_audio_s",
     "max_batch_jobs",
     "max_upload_bytes",
-    "max_messages_per_audio_s",  # not a flag: app/routers/stream.py
+    "max_messages_per_audio_s",  # not a flag: app/routers/common.py
 )
 
 

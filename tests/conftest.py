@@ -38,6 +38,18 @@ def fixture_path(word: str) -> Path:
     return next(FIXTURES.glob(f"{word}_*.wav"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules of many tiny tensor ops: extra threads only contend (and slow down a
+    busy machine)."""
+    import torch  # imported when used, as in the other fixtures here
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def speech() -> tuple[np.ndarray, int]:
     audio, rate = sf.read(fixture_path("yes"), dtype="float32")

@@ -66,13 +66,7 @@ def _run_torch(network: Classifier, x: torch.Tensor, dtype=torch.float64):
     return evidence.numpy(), [a.numpy() for a in activity]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many tiny tensor ops: extra threads only contend (and slow down a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,7 @@ ONSETS_S = (0.0, 0.15)
 MIN_AGREEMENT = 0.99
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trained_like_lif(seed: int = 0) -> Classifier:

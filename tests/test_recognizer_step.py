@@ -1,5 +1,5 @@
 """The batched step of many streams: the state pool's rows, and stepping as the server
-does (one bin per stream per call, catching up by several) against each stream alone."""
+does (each stream's ready bins per call, up to MAX_STEP_BINS) against each stream alone."""
 
 from __future__ import annotations
 
