@@ -15,6 +15,7 @@ word is printed as one line.  Either way a last ``transcript:`` line sums up.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
@@ -267,31 +268,47 @@ def stream_url(server: str) -> str:
 
 
 class RemoteRecognizer:
-    """A running service's ``/v1/stream``: f32le audio out, JSON messages back."""
+    """A running service's ``/v1/stream``: f32le audio out, JSON messages back.
+
+    websockets' asyncio client on an event loop of its own thread, not its threaded
+    client: that one reads a connection in one thread while the caller writes it in
+    another, and OpenSSL does not allow that on one TLS connection (over wss:// a request
+    was lost that way, 1 connection in ~10, and the handshake never finished).
+    """
 
     def __init__(self, server: str, sample_rate: int) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidURI
-        from websockets.sync.client import connect
 
         self.url = stream_url(server)
-        self._exit = contextlib.ExitStack()
-        try:
-            self.ws = self._exit.enter_context(connect(self.url, open_timeout=10, max_size=None))
-        except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as error:
-            raise CliError(f"cannot connect to {self.url}: {error}") from None
-        self.label = f"server {self.url}"
         self.messages: queue.Queue[dict | None] = queue.Queue()
         self.ended = False
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        try:
+            self.ws = self._call(self._connect(), timeout=15)
+        except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as error:
+            self._stop_loop()
+            raise CliError(f"cannot connect to {self.url}: {error}") from None
+        self.label = f"server {self.url}"
+        self._reader = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
         config = {"sample_rate": sample_rate, "format": "f32le", "partials": True}
         self._send(json.dumps({"config": config}))
 
-    def _read(self) -> None:
+    async def _connect(self):
+        from websockets.asyncio.client import connect
+
+        return await connect(self.url, open_timeout=10, max_size=None)
+
+    def _call(self, coroutine, timeout: float | None = None):
+        """Run ``coroutine`` on the connection's event loop; its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    async def _read(self) -> None:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            for text in self.ws:
+            async for text in self.ws:
                 try:
                     self.messages.put(json.loads(text))
                 except (TypeError, ValueError):
@@ -305,7 +322,7 @@ class RemoteRecognizer:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            self.ws.send(data)
+            self._call(self.ws.send(data))
         except ConnectionClosed:
             self._received()  # an error message from the server explains why, if it sent one
             raise CliError(f"{self.url}: the server closed the connection") from None
@@ -341,8 +358,16 @@ class RemoteRecognizer:
         return self._received(until_end=True)
 
     def close(self) -> None:
-        self._exit.close()
-        self.reader.join(timeout=2)
+        with contextlib.suppress(Exception):  # already closed, or the server is gone
+            self._call(self.ws.close(), timeout=5)
+        with contextlib.suppress(Exception):
+            self._reader.result(timeout=2)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=2)
+        self._loop.close()
 
 
 # ----- display ------------------------------------------------------------------------------
