@@ -113,7 +113,9 @@ class Inbox:
         self.read_ahead_bytes = read_ahead_bytes
         self._early: deque[dict] = deque()
         self._early_bytes = 0
-        self._next: asyncio.Task | None = None  # the receive in progress
+        self._next: asyncio.Task | None = None  # a read that wait() began
+        self._receiving: asyncio.Task | None = None  # the task in receive()
+        self._interrupted = False  # the shutdown cancelled that task's read
         self._closing: asyncio.Task | None = None  # see _watch_closing
 
     async def receive(self) -> dict:
@@ -124,18 +126,25 @@ class Inbox:
         if self.closing.is_set():
             raise ShuttingDown
         self._watch_closing()
-        reading = self._reading()
+        # The read in this task, not in a task of its own: a live stream receives 50
+        # messages a second.  A shutdown cancels it (_interrupt), which loses nothing:
+        # uvicorn keeps a message in its queue until a read has taken it.
+        task = asyncio.current_task()
+        assert task is not None
+        cancels = task.cancelling()
+        self._receiving = task
         try:
-            # The read alone, not asyncio.wait with the shutdown: a live stream receives 50
-            # messages a second, and a shutdown cancels the read instead (_interrupt).
-            message = await reading
+            if self._next is not None:  # the read wait() began: its message comes first
+                message = await self._next
+                self._next = None
+                return message
+            return await self.websocket.receive()
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if self.closing.is_set() and not (current and current.cancelling()):
+            if self._interrupted and task.uncancel() <= cancels:
                 raise ShuttingDown from None
             raise
-        self._next = None
-        return message
+        finally:
+            self._receiving = None
 
     async def wait(self, work: Awaitable[object], shutdown: bool = True) -> None:
         """Wait for ``work``: WebSocketDisconnect as soon as the client leaves, and
@@ -173,9 +182,9 @@ class Inbox:
         return self._closing
 
     def _interrupt(self, closing: asyncio.Task) -> None:
-        if not closing.cancelled() and self._next is not None:
-            self._next.cancel()
-            self._next = None
+        if not closing.cancelled() and self._receiving is not None:
+            self._interrupted = True
+            self._receiving.cancel()
 
     def _reading(self) -> asyncio.Task:
         if self._next is None:
