@@ -193,7 +193,7 @@ class Endpointer:
 
 @dataclass
 class DecoderState:
-    allowed: np.ndarray  # bool [classes]: words this stream may report
+    reportable: np.ndarray  # bool [classes]: the speech classes this stream may report
     evidence: np.ndarray  # float [classes]: the word's summed log_evidence
     min_confidence: float  # a final below this confidence is reported as unknown
     evidence_bins: int = 0
@@ -245,7 +245,7 @@ class Decoder:
             allowed = np.array([w in words for w in self.vocabulary]) | self.filler
             custom_allowed = frozenset(words) & frozenset(custom_words)
         return DecoderState(
-            allowed=allowed,
+            reportable=allowed & self.speech,
             evidence=np.zeros(len(self.vocabulary)),
             min_confidence=self.config.min_confidence if min_confidence is None else min_confidence,
             custom_allowed=custom_allowed,
@@ -310,30 +310,35 @@ class Decoder:
         rates = state.word_spikes / max(state.evidence_bins, 1)
         return custom.takes_over(builtin, rates, state.custom_allowed)
 
-    def _speech_scores(self, state: DecoderState) -> np.ndarray | None:
-        """The word's probability of each speech class this stream may report (the
-        geometric mean of its bins' probabilities, normalised over those classes), or
-        None where silence has more evidence than any of them.
+    def _leader(self, state: DecoderState) -> int | None:
+        """The speech class with the most evidence that this stream may report, or None
+        where silence has more evidence than any of them.
 
-        Silence is left out of the normalisation so that the quiet bins of a segment do
-        not dilute the word's confidence; it wins only by returning None.
+        Silence is left out of the scores (:meth:`_speech_scores`) so that the quiet bins
+        of a segment do not dilute the word's confidence; it wins only by returning None.
         """
         mean = state.evidence / max(state.evidence_bins, 1)
-        speech = np.where(state.allowed & self.speech, mean, -np.inf)
-        top = speech.max()
-        if self.has_silence and mean[self.silence].max() > top:
+        speech = np.where(state.reportable, mean, -np.inf)
+        best = int(speech.argmax())
+        if self.has_silence and mean[self.silence].max() > speech[best]:
             return None
-        shares = np.exp(speech - top)
+        return best
+
+    def _speech_scores(self, state: DecoderState) -> np.ndarray:
+        """The word's probability of each speech class this stream may report: the
+        geometric mean of its bins' probabilities, normalised over those classes."""
+        mean = state.evidence / max(state.evidence_bins, 1)
+        speech = np.where(state.reportable, mean, -np.inf)
+        shares = np.exp(speech - speech.max())
         return shares / shares.sum()
 
     def _partial(
         self, state: DecoderState, boundary: Boundary, custom: CustomWords | None
     ) -> list[WordEvent]:
-        scores = self._speech_scores(state)
-        if scores is None:
+        best = self._leader(state)
+        if best is None:
             return []
-        best = int(scores.argmax())
-        leader, confidence = self.vocabulary[best], float(scores[best])
+        leader, confidence = self.vocabulary[best], None  # scored only when it is sent
         if custom and state.evidence_bins % CUSTOM_MATCH_EVERY_BINS == 0:
             match = self._custom_match(state, custom, leader)
             if match is not None:
@@ -345,6 +350,8 @@ class Decoder:
         state.leader = leader
         if leader in (UNKNOWN, SILENCE):
             return []
+        if confidence is None:
+            confidence = float(self._speech_scores(state)[best])
         now = (boundary.bin + 1) * self.bin_s  # the end of the bin just counted
         return [WordEvent("partial", leader, confidence, now, boundary.start_bin * self.bin_s, now)]
 
@@ -354,9 +361,9 @@ class Decoder:
         """The word that closes with this bin."""
         if boundary.end_bin - boundary.start_bin + 1 < self.min_word_bins:
             return []
-        scores = self._speech_scores(state)
-        if scores is None:
+        if self._leader(state) is None:
             return []
+        scores = self._speech_scores(state)
         order = np.argsort(scores)[::-1]
         best = int(order[0])
         confidence = float(scores[best])
