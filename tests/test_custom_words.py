@@ -313,3 +313,19 @@ def test_a_model_without_an_enrollment_space_says_it_cannot_learn_words(controll
     assert controlled_client.delete("/v1/words/lights").status_code == 404
     answer = controlled_client.post("/v1/words", data={"word": "lights", "synthesize": "true"})
     assert answer.status_code == 400 and "cannot learn custom words" in answer.json()["error"]
+
+
+def test_template_distance_is_zero_for_a_word_said_slower_and_grows_with_difference():
+    """benchmarks/custom_word_templates.py's DTW: a recording stretched in time matches
+    itself exactly, another sequence does not."""
+    from benchmarks.custom_word_templates import dtw_distance
+
+    rng = np.random.default_rng(0)
+    word = rng.standard_normal((20, 16))
+    word /= np.linalg.norm(word, axis=1, keepdims=True)
+    slower = np.repeat(word, 2, axis=0)  # every bin held twice as long
+    other = rng.standard_normal((25, 16))
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    assert dtw_distance(word, word) == pytest.approx(0.0, abs=1e-12)
+    assert dtw_distance(word, slower) == pytest.approx(0.0, abs=1e-12)
+    assert dtw_distance(word, other) > 0.5
