@@ -16,7 +16,9 @@ than the training templates (``--templates`` clips per class, training speakers)
 word the network decided.  Held-out words, draws and speakers as in
 ``benchmarks.custom_words`` (5 recordings of 5 speakers, ``--repeats`` draws, tested on
 every other speaker).  Background noise: the Speech Commands noise recordings end to end
-in 10 s windows; only words the network decided can be taken over.
+in 10 s windows; only words the network decided can be taken over.  Beside it, the
+product's rule on the same draws (``CustomWords.takes_over``, its enrollment space fitted
+without the held-out words) and the two together (either takes the final over).
 
     python -m benchmarks.custom_word_templates --data ../shared/data/speech_commands \\
         --data ../shared/data/fsdd --model runs/heldout/base.pt
@@ -37,13 +39,18 @@ from rich.progress import track
 from audio_frontend.audio_io import load_audio
 from benchmarks.common import console, read_audio
 from benchmarks.custom_words import HELD_OUT, NOISE_WINDOW_S
+from models.custom_words import CustomWord, CustomWords
 from models.model_file import load_model
 from models.network import StatePool
 from models.recognizer import Recognizer, StreamOptions
 from models.vocabulary import SILENCE, UNKNOWN
 from training.data import discover, split_by_speaker
+from training.enrollment import CLIPS_PER_WORD, fit_space, training_clips
 
 SHOTS = 5
+# templates: the rule simulated; embedding: the product's (``CustomWords.takes_over``);
+# either: a final taken over by one or the other
+RULES = ("templates", "embedding", "either")
 MIN_WORD_BINS = 8
 
 
@@ -73,6 +80,7 @@ class Word:
 
     spikes: np.ndarray  # float [bins, neurons] of the chosen layers
     decided: str | None  # the final the recognizer reports (None: none)
+    rates: np.ndarray | None = None  # its hidden rates, as the product's rule embeds them
 
 
 class Describer:
@@ -91,11 +99,11 @@ class Describer:
         with torch.inference_mode():
             _, _, activity = rec.network(counts, rec.pool.gather([StatePool.REST]))
         spikes = np.concatenate([activity[i - 1][0].numpy() for i in self.layers], axis=1)
-        finals = {round(e.start / rec.bin_s): e.word for e, _ in rec.describe(audio, rate)}
+        finals = {round(e.start / rec.bin_s): (e.word, r) for e, r in rec.describe(audio, rate)}
         return [
             Word(
                 spikes[r.boundary.start_bin : r.boundary.end_bin + 1],
-                finals.get(r.boundary.start_bin),
+                *finals.get(r.boundary.start_bin, (None, None)),
             )
             for r in ready
             if r.boundary.closed and r.boundary.end_bin - r.boundary.start_bin + 1 >= MIN_WORD_BINS
@@ -121,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     out = console()
     quantiles = np.array([float(q) for q in args.quantiles.split(",")])
     bundle = load_model(args.model)
+    # The product's rule, for comparison: its enrollment space fitted without the words.
+    space_clips = training_clips(args.data, bundle, set(HELD_OUT), CLIPS_PER_WORD, args.seed)
+    bundle.enrollment, _ = fit_space(bundle, space_clips)
     describer = Describer(Recognizer(bundle), [int(n) for n in args.layers.split(",")])
     rng = np.random.default_rng(args.seed)
 
@@ -180,66 +191,81 @@ def main(argv: list[str] | None = None) -> int:
             nearest_builtin[id(word)] = score(units[id(word)], examples) if examples else np.inf
         return nearest_builtin[id(word)]
 
-    def wins(candidate: Word, examples: list[np.ndarray], limits: np.ndarray) -> np.ndarray:
-        """Whether the custom word takes the candidate's final over, at each quantile."""
+    def wins(
+        candidate: Word, examples: list[np.ndarray], limits: np.ndarray, custom: CustomWords
+    ) -> np.ndarray:
+        """Whether the custom word takes the candidate's final over, at each quantile, by
+        each rule (RULES)."""
+        won = np.zeros((len(RULES), len(limits)), bool)
         if candidate.decided is None:  # no final: nothing to take over
-            return np.zeros(len(limits), bool)
+            return won
         s = score(units[id(candidate)], examples)
-        return (s < limits) & (s < builtin_score(candidate))
+        won[0] = (s < limits) & (s < builtin_score(candidate))
+        won[1] = custom.takes_over(candidate.decided, candidate.rates, None) is not None
+        won[2] = won[0] | won[1]
+        return won
 
     order = rng.permutation(len(builtin))
     calibration = [builtin[i][1] for i in order[::2]]
     measured = [builtin[i] for i in order[1::2]]
-    tally = {k: np.zeros(len(quantiles)) for k in ("detected", "builtin_fa", "lost", "other_fa")}
-    tally |= {"noise_fa": np.zeros(len(quantiles))}
+    shape = (len(RULES), len(quantiles))
+    tally = {k: np.zeros(shape) for k in ("detected", "builtin_fa", "lost", "other_fa", "noise")}
     counts = {"positives": 0, "builtin": 0, "others": 0, "draws": 0}
     for word, recordings in held.items():
         speakers = sorted({s for s, _ in recordings})
         for _ in range(args.repeats):
             chosen = set(rng.choice(speakers, SHOTS, replace=False))
-            examples = [units[id(next(w for s, w in recordings if s == c))] for c in chosen]
+            enrolled = [next(w for s, w in recordings if s == c) for c in chosen]
+            examples = [units[id(w)] for w in enrolled]
             limits = np.quantile([score(units[id(w)], examples) for w in calibration], quantiles)
-
+            rates = np.stack([w.rates for w in enrolled if w.rates is not None])
+            custom = CustomWords(
+                bundle.enrollment,
+                (CustomWord.enroll(bundle.enrollment, word, rates, ("",) * len(rates)),),
+            )
             for speaker, w in recordings:
                 if speaker not in chosen:
-                    tally["detected"] += wins(w, examples, limits)
+                    tally["detected"] += wins(w, examples, limits, custom)
                     counts["positives"] += 1
             for label, w in measured:
-                won = wins(w, examples, limits)
+                won = wins(w, examples, limits, custom)
                 tally["builtin_fa"] += won
                 tally["lost"] += won & (w.decided == label)
                 counts["builtin"] += 1
             for other, others in held.items():
                 if other != word:
                     for _, w in others:
-                        tally["other_fa"] += wins(w, examples, limits)
+                        tally["other_fa"] += wins(w, examples, limits, custom)
                         counts["others"] += 1
             for w in noise_words:
-                tally["noise_fa"] += wins(w, examples, limits)
+                tally["noise"] += wins(w, examples, limits, custom)
             counts["draws"] += 1
 
     rows = []
-    for i, q in enumerate(quantiles):
-        rows.append(
-            {
-                "quantile": float(q),
-                "detected": tally["detected"][i] / counts["positives"],
-                "builtin_false_accepts": tally["builtin_fa"][i] / counts["builtin"],
-                "builtin_right_words_lost": tally["lost"][i] / counts["builtin"],
-                "other_held_out_false_accepts": tally["other_fa"][i] / counts["others"],
-                "noise_false_accepts_per_hour": tally["noise_fa"][i]
+    for k, rule in enumerate(RULES):
+        for i, q in enumerate(quantiles):
+            if rule == "embedding" and i:
+                continue  # it has no quantile
+            r = {
+                "rule": rule,
+                "quantile": float(q) if rule != "embedding" else None,
+                "detected": tally["detected"][k, i] / counts["positives"],
+                "builtin_false_accepts": tally["builtin_fa"][k, i] / counts["builtin"],
+                "builtin_right_words_lost": tally["lost"][k, i] / counts["builtin"],
+                "other_held_out_false_accepts": tally["other_fa"][k, i] / counts["others"],
+                "noise_false_accepts_per_hour": tally["noise"][k, i]
                 / counts["draws"]
                 / noise_hours,
             }
-        )
-        r = rows[-1]
-        out.print(
-            f"q {q:.2f}: detected {r['detected']:.1%}; false accepts: built-in words "
-            f"{r['builtin_false_accepts']:.2%} (right words lost "
-            f"{r['builtin_right_words_lost']:.2%}), other held-out words "
-            f"{r['other_held_out_false_accepts']:.1%}, noise "
-            f"{r['noise_false_accepts_per_hour']:.0f}/h"
-        )
+            rows.append(r)
+            out.print(
+                f"{rule:9s} {'' if r['quantile'] is None else f'q {q:.2f}':6s} detected "
+                f"{r['detected']:.1%}; false accepts: built-in words "
+                f"{r['builtin_false_accepts']:.2%} (right words lost "
+                f"{r['builtin_right_words_lost']:.2%}), other held-out words "
+                f"{r['other_held_out_false_accepts']:.1%}, noise "
+                f"{r['noise_false_accepts_per_hour']:.0f}/h"
+            )
     if args.json:
         report = {
             "model": args.model or "bundled",
