@@ -329,6 +329,92 @@ def test_a_stream_that_keeps_sending_is_not_idle(controlled_model):
         assert limit_hits(client, "idle_timeout_s") == 0
 
 
+def test_the_idle_timer_ends_only_a_read_that_waited_too_long():
+    """IdleTimeout's one timer per stream: reads that come in time never expire however
+    long the stream lasts; a read that waits past the timeout gets a disconnect (and the
+    client a close); a read cancelled by anyone else stays cancelled."""
+    from app.access import IdleTimeout
+    from app.metrics import Metrics
+
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        incoming: asyncio.Queue = asyncio.Queue()
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        idle = IdleTimeout(incoming.get, send, 0.2, metrics)
+        for n in range(8):  # 0.8 s in all, each read answered within 0.1 s
+            asyncio.get_running_loop().call_later(0.1, incoming.put_nowait, {"n": n})
+            assert await idle.receive() == {"n": n}
+        reader = asyncio.ensure_future(idle.receive())
+        await asyncio.sleep(0.05)
+        reader.cancel()  # not the timer's doing: the caller's cancellation
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert not idle.closed and sent == []
+        started = time.monotonic()
+        assert (await idle.receive())["type"] == "websocket.disconnect"
+        assert 0.15 <= time.monotonic() - started < 1.0
+        assert idle.closed and sent[0]["type"] == "websocket.close" and "idle" in sent[0]["reason"]
+
+    asyncio.run(scenario())
+    hits = metrics.registry.get_sample_value(
+        "spikeear_limit_hits_total", {"limit": "idle_timeout_s"}
+    )
+    assert hits == 1
+
+
+def test_a_shutdown_interrupts_a_stream_waiting_for_its_client_and_loses_no_message():
+    """Inbox.receive reads in the stream's own task; a shutdown cancels that read (which
+    leaves a message the read had not taken in the queue), anyone else's cancellation
+    stays a cancellation."""
+    from app.routers.common import Inbox
+    from app.shutdown import ShuttingDown
+
+    class Socket:  # the part of a WebSocket the inbox reads
+        def __init__(self) -> None:
+            self.queue: asyncio.Queue = asyncio.Queue()
+
+        async def receive(self) -> dict:
+            return await self.queue.get()
+
+    async def scenario() -> None:
+        socket, closing = Socket(), asyncio.Event()
+        inbox = Inbox(socket, closing, read_ahead_bytes=1 << 20)
+        socket.queue.put_nowait({"bytes": b"a"})
+        assert await inbox.receive() == {"bytes": b"a"}
+        reader = asyncio.ensure_future(inbox.receive())
+        await asyncio.sleep(0.01)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        reader = asyncio.ensure_future(inbox.receive())
+        await asyncio.sleep(0.01)
+        socket.queue.put_nowait({"bytes": b"b"})  # arrives as the shutdown does
+        closing.set()
+        try:  # whichever comes first, the message is read or still queued
+            assert await asyncio.wait_for(reader, 5) == {"bytes": b"b"}
+        except ShuttingDown:
+            assert socket.queue.get_nowait() == {"bytes": b"b"}
+        with pytest.raises(ShuttingDown):  # the next read, and one already waiting
+            await inbox.receive()
+        inbox2 = Inbox(socket, asyncio.Event(), read_ahead_bytes=1 << 20)
+        waiting = asyncio.ensure_future(inbox2.receive())
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        inbox2.closing.set()
+        with pytest.raises(ShuttingDown):
+            await asyncio.wait_for(waiting, 2)
+        assert time.monotonic() - started < 1  # at once, not at the wait's deadline
+        inbox.close()
+        inbox2.close()
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture(scope="module")
 def short_streams(controlled_model) -> Iterator[TestClient]:
     with make_client(controlled_model, max_stream_s=1.0) as client:
