@@ -310,32 +310,32 @@ class Decoder:
         rates = state.word_spikes / max(state.evidence_bins, 1)
         return custom.takes_over(builtin, rates, state.custom_allowed)
 
-    def _leader(self, state: DecoderState) -> int | None:
-        """The speech class with the most evidence that this stream may report, or None
-        where silence has more evidence than any of them.
+    def _speech_evidence(self, state: DecoderState) -> tuple[np.ndarray, int | None]:
+        """The word's mean evidence of each speech class this stream may report (-inf for
+        the others), and the leading one, or None where silence has more evidence than
+        any of them.
 
-        Silence is left out of the scores (:meth:`_speech_scores`) so that the quiet bins
-        of a segment do not dilute the word's confidence; it wins only by returning None.
+        Silence is left out of the scores (:meth:`_scores`) so that the quiet bins of a
+        segment do not dilute the word's confidence; it wins only by leading.
         """
         mean = state.evidence / max(state.evidence_bins, 1)
         speech = np.where(state.reportable, mean, -np.inf)
         best = int(speech.argmax())
         if self.has_silence and mean[self.silence].max() > speech[best]:
-            return None
-        return best
+            return speech, None
+        return speech, best
 
-    def _speech_scores(self, state: DecoderState) -> np.ndarray:
-        """The word's probability of each speech class this stream may report: the
-        geometric mean of its bins' probabilities, normalised over those classes."""
-        mean = state.evidence / max(state.evidence_bins, 1)
-        speech = np.where(state.reportable, mean, -np.inf)
+    @staticmethod
+    def _scores(speech: np.ndarray) -> np.ndarray:
+        """The word's probability of each class of :meth:`_speech_evidence`: the geometric
+        mean of its bins' probabilities, normalised over those classes."""
         shares = np.exp(speech - speech.max())
         return shares / shares.sum()
 
     def _partial(
         self, state: DecoderState, boundary: Boundary, custom: CustomWords | None
     ) -> list[WordEvent]:
-        best = self._leader(state)
+        speech, best = self._speech_evidence(state)
         if best is None:
             return []
         leader, confidence = self.vocabulary[best], None  # scored only when it is sent
@@ -351,7 +351,7 @@ class Decoder:
         if leader in (UNKNOWN, SILENCE):
             return []
         if confidence is None:
-            confidence = float(self._speech_scores(state)[best])
+            confidence = float(self._scores(speech)[best])
         now = (boundary.bin + 1) * self.bin_s  # the end of the bin just counted
         return [WordEvent("partial", leader, confidence, now, boundary.start_bin * self.bin_s, now)]
 
@@ -361,9 +361,10 @@ class Decoder:
         """The word that closes with this bin."""
         if boundary.end_bin - boundary.start_bin + 1 < self.min_word_bins:
             return []
-        if self._leader(state) is None:
+        speech, leader = self._speech_evidence(state)
+        if leader is None:
             return []
-        scores = self._speech_scores(state)
+        scores = self._scores(speech)
         order = np.argsort(scores)[::-1]
         best = int(order[0])
         confidence = float(scores[best])
